@@ -1,0 +1,22 @@
+"""onnxjpq: joint pruning and quantization of ONNX models.
+
+Public API::
+
+    from onnxjpq import compress_file, OpqConfig, Selection
+    report = compress_file("model.onnx", "model.small.onnx", OpqConfig(prune=0.5, bits=4))
+"""
+
+__version__ = "0.1.0"
+
+from .compress import OutputConfig, compress_file, compress_model  # noqa: E402
+from .errors import DataError, ModelError, OnnxjpqError, OptionError  # noqa: E402
+from .io import load_model, save_model  # noqa: E402
+from .layers import Selection, find_layers  # noqa: E402
+from .methods.opq import OpqConfig, solve_opq  # noqa: E402
+from .plan import CompressionPlan, LayerPlan  # noqa: E402
+
+__all__ = [
+    "CompressionPlan", "DataError", "LayerPlan", "ModelError", "OnnxjpqError", "OpqConfig",
+    "OptionError", "OutputConfig", "Selection", "__version__", "compress_file", "compress_model",
+    "find_layers", "load_model", "save_model", "solve_opq",
+]

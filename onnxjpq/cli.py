@@ -1,0 +1,139 @@
+"""Command line: `onnxjpq compress | inspect | demo`.
+
+The commands parse options, build configs and call the API. A user error
+(`OnnxjpqError`) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+
+import click
+
+from . import __version__
+from .errors import OnnxjpqError
+
+
+def _user_errors(func):
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except OnnxjpqError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _console(quiet: bool = False):
+    from rich.console import Console
+    return Console(stderr=True, quiet=quiet)
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxjpq")
+def main():
+    """Prune and quantize ONNX models (OPQ), and check them with onnxruntime."""
+
+
+_selection_options = [
+    click.option("--include", multiple=True, help="Compress only weights/nodes matching these globs."),
+    click.option("--exclude", multiple=True, help="Leave weights/nodes matching these globs in float."),
+    click.option("--keep", multiple=True,
+                 help="Keep these layers dense at 8 bits: 'first', 'last' or globs (comma-separated)."),
+    click.option("--min-params", type=int, default=64, show_default=True,
+                 help="Weights with fewer values stay float."),
+]
+
+
+def _with_selection(func):
+    for option in reversed(_selection_options):
+        func = option(func)
+    return func
+
+
+def _selection(include, exclude, keep, min_params):
+    from .errors import OptionError
+    from .layers import Selection
+    if min_params < 0:
+        raise OptionError(f"--min-params must be >= 0, got {min_params}")
+    return Selection(_split(include), _split(exclude), _split(keep), min_params)
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the compressed model.")
+@click.option("--prune", type=float, default=0.0, show_default=True,
+              help="Global fraction of weights to prune, in [0, 1).")
+@click.option("--bits", type=float, default=8.0, show_default=True,
+              help="Average bits per kept weight, in [2, 8]; fractions allowed.")
+@click.option("--prune-mode", type=click.Choice(["laplace", "exact"]), default="laplace", show_default=True,
+              help="laplace: OPQ's per-layer ratios from the Laplace fit; exact: global magnitude.")
+@click.option("--keep-survivors/--no-keep-survivors", default=True, show_default=True,
+              help="Kept weights never round to 0 (the prune ratio asked is the one stored).")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "float", "sparse"]), default="qdq",
+              show_default=True, help="qdq: int4/int8 + DequantizeLinear; float: dequantized floats; "
+                                      "sparse: int8 codes in sparse_initializer storage.")
+@click.option("--int4/--no-int4", default=True, show_default=True,
+              help="Store layers whose codes fit in 4 bits as int4 (opset 21).")
+@_with_selection
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@_user_errors
+def compress(src, dst, prune, bits, prune_mode, keep_survivors, fmt, int4, include, exclude, keep,
+             min_params, report_path, quiet):
+    """Prune and quantize the weights of SRC (OPQ) into a new ONNX file."""
+    from rich.progress import track
+
+    from .compress import OutputConfig, compress_file
+    from .methods.opq import OpqConfig
+    from .report import print_report
+
+    config = OpqConfig(prune=prune, bits=bits, prune_mode=prune_mode, keep_survivors=keep_survivors)
+    selection = _selection(include, exclude, keep, min_params)
+    console = _console(quiet)
+    progress = (lambda xs: track(xs, description="rewriting", console=console, transient=True))
+    report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
+                           report_path=report_path, progress=None if quiet else progress)
+    print_report(report, console)
+    console.print(f"wrote {dst}")
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@_with_selection
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@_user_errors
+def inspect(src, include, exclude, keep, min_params, as_json):
+    """List the compressible weights of SRC with their Laplace fit."""
+    from .inspection import inspect_file, print_inspection
+
+    result = inspect_file(src, _selection(include, exclude, keep, min_params))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_inspection(result, _console())
+
+
+@main.command()
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with lenet5.onnx and its test data (default: the bundled models/).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the compressed models here (default: a temporary folder).")
+@_user_errors
+def demo(models_dir, out_dir):
+    """Compress the bundled digits CNN at a few settings; compare accuracy with onnxruntime."""
+    from .demo import print_demo, run_demo
+
+    print_demo(run_demo(models_dir, out_dir), _console())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The compression pipeline: load → find weights → solve → rewrite → check → save."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from . import __version__
+from .errors import ModelError, OptionError
+from .io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
+from .layers import Selection, WeightLayer, find_layers, kept_names
+from .methods.opq import OpqConfig, solve_opq
+from .opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, default_opset, upgrade
+from .plan import CompressionPlan
+from .quant import CONTAINER_MAX
+from .report import layer_row, report_dict, totals
+from .rewrite import FORMATS, layer_codes
+from .rewrite.dense import apply_float
+from .rewrite.qdq import apply_qdq, pack_int4
+from .rewrite.sparse import to_sparse
+from .stats import laplace_fit
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How the compressed weights are stored: format qdq|float|sparse, int4 allowed or not."""
+
+    format: str = "qdq"
+    int4: bool = True
+    check_runtime: bool = True
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+
+
+def _find(model: onnx.ModelProto, selection: Selection):
+    graph = gs.import_onnx(model)
+    layers, skipped = find_layers(graph, selection)
+    if not layers:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
+        raise ModelError("no compressible layer (Conv, ConvTranspose, Gemm or MatMul with a "
+                         "constant float32 weight)" + (f"; skipped {reasons}" if reasons else ""))
+    return graph, layers, skipped
+
+
+def _prepare_opset(model: onnx.ModelProto, plan: CompressionPlan, layers: list[WeightLayer],
+                   output: OutputConfig, notes: list[str]) -> tuple[onnx.ModelProto, bool]:
+    """Upgrade the opset the rewrite needs; return the model and whether int4 is usable."""
+    if output.format == "float":
+        return model, False
+    plans = plan.by_name()
+    max_codes = [int(np.abs(layer_codes(l, plans[l.name])).max(initial=0)) for l in layers]
+    wants_int4 = output.int4 and output.format == "qdq" and min(max_codes) <= CONTAINER_MAX["int4"]
+    opset = default_opset(model)
+    if wants_int4 and opset < INT4_MIN_OPSET:
+        upgraded = upgrade(model, INT4_MIN_OPSET)
+        if upgraded is not None:
+            notes.append(f"opset upgraded from {opset} to {INT4_MIN_OPSET} for int4 storage")
+            return upgraded, True
+        notes.append(f"opset {opset} could not be upgraded to {INT4_MIN_OPSET}: int4 layers stored as int8")
+        wants_int4 = False
+    if default_opset(model) < QDQ_MIN_OPSET:
+        upgraded = upgrade(model, 13)
+        if upgraded is None:
+            raise ModelError(f"opset {opset} is too old for DequantizeLinear and cannot be upgraded; "
+                             "use --format float")
+        notes.append(f"opset upgraded from {opset} to 13 for DequantizeLinear")
+        return upgraded, wants_int4
+    return model, wants_int4
+
+
+def _export(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: dict) -> onnx.ModelProto:
+    out = gs.export_onnx(graph)
+    out.ir_version = max(original.ir_version, INT4_MIN_IR if int4 else 0)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(original, field))
+    del out.metadata_props[:]
+    props = {p.key: p.value for p in original.metadata_props} | metadata
+    onnx.helper.set_model_props(out, dict(sorted(props.items())))
+    return out
+
+
+def compress_model(model: onnx.ModelProto, config: OpqConfig = OpqConfig(),
+                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
+                   progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Compress a loaded model; return the new model and its report (bytes not yet known)."""
+    _, layers, skipped = _find(model, selection)
+    fixed = kept_names(layers, selection)
+    if output.format != "qdq" or not output.int4:
+        config = replace(config, fit_int4=False)
+    plan = solve_opq(layers, config, fixed)
+    notes: list[str] = []
+    model, int4 = _prepare_opset(model, plan, layers, output, notes)
+    graph, layers, skipped = _find(model, selection)  # re-read: the opset upgrade made a new graph
+    plans = plan.by_name()
+    rows, int4_names = [], []
+    for layer in (progress(layers) if progress else layers):
+        p = plans[layer.name]
+        if output.format == "float":
+            container = apply_float(layer, p)
+        else:
+            container, names = apply_qdq(graph, layer, p, allow_int4=int4)
+            int4_names += names
+        rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values)))
+    float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
+    settings = {"method": "opq", "opq": asdict(config), "selection": asdict(selection),
+                "output": asdict(output), "kept_8bit": sorted(fixed), "notes": notes,
+                "onnxjpq_version": __version__}
+    total = totals(rows, float_params, 0, 0, plan.diagnostics)
+    metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True),
+                "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
+                                              if not k.startswith(("bytes", "file"))}, sort_keys=True)}
+    out = _export(graph, model, int4, metadata)
+    pack_int4(out, int4_names)
+    if output.format == "sparse":
+        moved = to_sparse(out, [f"{l.name}_quantized" for l in layers])
+        notes.append(f"{len(moved)} of {len(layers)} weights in sparse storage (the others are smaller dense)")
+    _check(out, output.check_runtime)
+    return out, report_dict(rows, total, skipped, settings)
+
+
+_SELECTED_OUT = ("below --min-params", "not matched by --include", "excluded by --exclude")
+
+
+def _check(model: onnx.ModelProto, runtime: bool) -> None:
+    """The output must pass onnx.checker and load in onnxruntime: anything else is our bug."""
+    if model.ByteSize() < 2**31 - 1:
+        onnx.checker.check_model(model)
+        if runtime:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def compress_file(src: str | os.PathLike, dst: str | os.PathLike, config: OpqConfig = OpqConfig(),
+                  selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
+                  report_path: str | os.PathLike | None = None, progress=None) -> dict:
+    """Compress the ONNX file `src` into `dst` (written atomically); return the report."""
+    dst = check_output_path(src, dst)
+    if report_path is not None:
+        check_output_path(src, report_path)
+    model = load_model(src)
+    out, report = compress_model(model, config, selection, output, progress)
+    bytes_out = save_model(out, dst)
+    bytes_in = file_bytes(src)
+    report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
+    if report_path is not None:
+        write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
+    return report

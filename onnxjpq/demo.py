@@ -1,0 +1,59 @@
+"""`onnxjpq demo`: the bundled digits CNN compressed at a few settings, checked in onnxruntime."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .compress import compress_file
+from .errors import ModelError
+from .methods.opq import OpqConfig
+from .validate import accuracy, load_dataset, predict, session
+
+DEMO_SETTINGS = ((0.5, 4.0), (0.8, 4.0), (0.9, 3.0))
+
+
+def bundled_models_dir() -> Path:
+    """models/ of the source checkout (or the working folder's models/)."""
+    for candidate in (Path("models"), Path(__file__).resolve().parent.parent / "models"):
+        if (candidate / "lenet5.onnx").is_file():
+            return candidate
+    raise ModelError("bundled models not found: run from the onnxjpq checkout or pass --models")
+
+
+def run_demo(models_dir=None, out_dir=None, settings=DEMO_SETTINGS) -> list[dict]:
+    """fp32 and compressed accuracy of lenet5 on its held-out test split."""
+    models = Path(models_dir) if models_dir else bundled_models_dir()
+    src, test = models / "lenet5.onnx", models / "lenet5_test.npz"
+    for path in (src, test):
+        if not path.is_file():
+            raise ModelError(f"{path}: not found")
+    data = load_dataset(test, session(src))
+    rows = [{"setting": "fp32", "accuracy": accuracy(predict(session(src), data), data.labels),
+             "bytes": src.stat().st_size}]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out_dir) if out_dir else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for prune, bits in settings:
+            dst = folder / f"lenet5_p{int(prune * 100)}_b{bits:g}.onnx"
+            report = compress_file(src, dst, OpqConfig(prune=prune, bits=bits))
+            t = report["totals"]
+            rows.append({"setting": f"--prune {prune} --bits {bits:g}", "prune_ratio": t["prune_ratio"],
+                         "avg_bits": t["avg_bits"], "rate": t["rate"], "storage_rate": t["storage_rate"],
+                         "bytes": t["bytes_out"],
+                         "accuracy": accuracy(predict(session(dst), data), data.labels)})
+    return rows
+
+
+def print_demo(rows: list[dict], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="onnxjpq demo: LeNet-5-style CNN on the digits test split (onnxruntime)")
+    for col in ("setting", "pruned", "avg bits", "rate", "storage rate", "file bytes", "accuracy"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    base = rows[0]
+    for r in rows:
+        table.add_row(r["setting"], f"{r.get('prune_ratio', 0):.1%}", f"{r.get('avg_bits', 32):.2f}",
+                      f"{r.get('rate', 1):.1f}x", f"{r.get('storage_rate', 1):.1f}x",
+                      f"{r['bytes']:,} ({base['bytes'] / r['bytes']:.1f}x)", f"{r['accuracy']:.2f}%")
+    console.print(table)

@@ -1,0 +1,276 @@
+"""OPQ: one-shot pruning and quantization solved analytically (METHODS.md §2).
+
+Pruning (§2b). Under a Laplace(τ_i) model per layer, minimising the pruning
+error Σ E_i(β_i) subject to Σ P_i(β_i) = p*·N gives the stationarity condition
+2N_i f_i(β_i)(β_i² − λ) = 0: one threshold s = √λ for every layer, the root of
+
+    G(s) = Σ_i N_i (1 − e^{−s/τ_i}) − p*·N,
+
+increasing and concave, bracketed by −τ_min·ln(1−p*) and −τ_max·ln(1−p*).
+The model sets per-layer ratios p_i = 1 − e^{−s/τ_i}; the masks then prune the
+k_i smallest |w| of each layer, with Σ k_i exactly round(p*·N).
+
+Quantization (§2c). One step Δ_i per layer shared by its channels, channel j
+spanning K_ij = 2α_ij/Δ_i bins. Minimising Σ Δ_i²/12 subject to the bin budget
+Σ_i A_i/Δ_i = 2^{B−1}·N̄ (A_i = Σ_j N̄_ij α_ij) gives
+
+    Δ_i = A_i^{1/3} · Σ_k A_k^{2/3} / (2^{B−1}·N̄),
+
+with an active set for the int8 cap Δ_i ≥ max_j α_ij/127. All steps are then
+scaled by one factor c, found by bisection, so the packed width of the kept
+weights, mean ⌈log2(2m_ij+1)⌉, equals B (OPQ's ratios between layers kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import optimize
+
+from ..errors import OptionError
+from ..plan import CompressionPlan, LayerPlan, WeightArray
+from ..quant import CONTAINER_MAX, code_width, to_channels
+from ..stats import laplace_prune_fraction
+
+
+@dataclass(frozen=True)
+class OpqConfig:
+    """Settings of the analytic OPQ solve.
+
+    prune: global fraction of weights to remove, in [0, 1).
+    bits: average packed bits per kept weight, in [2, 8] (fractions allowed).
+    prune_mode: "laplace" (OPQ's per-layer ratios) or "exact" (global magnitude).
+    keep_survivors: kept weights never round to 0, so the prune ratio is exact.
+    fit_int4: cap the codes of the largest layers at ±7 so they store as int4;
+        the smaller layers take the rest of the bit budget (see `int4_caps`).
+    """
+
+    prune: float = 0.0
+    bits: float = 8.0
+    prune_mode: str = "laplace"
+    keep_survivors: bool = True
+    fit_int4: bool = True
+    version: int = 1
+
+    def __post_init__(self):
+        if not 0.0 <= self.prune < 1.0:
+            raise OptionError(f"prune ratio must be in [0, 1), got {self.prune}")
+        if not 2.0 <= self.bits <= 8.0:
+            raise OptionError(f"bits must be in [2, 8], got {self.bits}")
+        if self.prune_mode not in ("laplace", "exact"):
+            raise OptionError(f"prune mode must be 'laplace' or 'exact', got {self.prune_mode!r}")
+
+
+# ---------------------------------------------------------------- pruning
+
+
+def solve_prune_threshold(sizes: np.ndarray, scales: np.ndarray, target: float) -> float:
+    """The common threshold s with Σ N_i(1 − e^{−s/τ_i}) = target·Σ N_i."""
+    sizes, scales = np.asarray(sizes, float), np.asarray(scales, float)
+    if target <= 0:
+        return 0.0
+    if target >= 1:
+        raise OptionError(f"prune ratio must be below 1, got {target}")
+    total = sizes.sum()
+
+    def g(s: float) -> float:
+        return float(-(sizes * np.expm1(-s / scales)).sum() - target * total)
+
+    lo = -scales.min() * np.log1p(-target)
+    hi = -scales.max() * np.log1p(-target)
+    if hi <= lo or g(lo) >= 0:
+        return float(lo)
+    return float(optimize.brentq(g, lo, hi, xtol=1e-15 * hi, rtol=4 * np.finfo(float).eps))
+
+
+def largest_remainder_counts(fractions: np.ndarray, sizes: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts k_i ≈ fractions_i·sizes_i, each ≤ sizes_i, summing to `total`."""
+    sizes = np.asarray(sizes, np.int64)
+    raw = np.clip(np.asarray(fractions, float), 0, 1) * sizes
+    counts = np.minimum(np.floor(raw).astype(np.int64), sizes)
+    short = int(total - counts.sum())
+    order = np.argsort(-(raw - counts), kind="stable")
+    while short > 0:
+        room = order[counts[order] < sizes[order]]
+        step = room[:short]
+        counts[step] += 1
+        short -= len(step)
+    return counts
+
+
+def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
+    """Mask that prunes the `n_pruned` smallest |w|, ties broken by flat index."""
+    flat = np.abs(w).ravel()
+    mask = np.ones(flat.size, bool)
+    mask[np.argsort(flat, kind="stable")[:n_pruned]] = False
+    return mask.reshape(w.shape)
+
+
+def global_magnitude_counts(weights: Sequence[np.ndarray], n_pruned: int) -> np.ndarray:
+    """Per-layer prune counts of exact global magnitude pruning."""
+    mags = np.concatenate([np.abs(w).ravel() for w in weights])
+    owner = np.repeat(np.arange(len(weights)), [w.size for w in weights])
+    pruned = np.argsort(mags, kind="stable")[:n_pruned]
+    return np.bincount(owner[pruned], minlength=len(weights)).astype(np.int64)
+
+
+# ----------------------------------------------------------- quantization
+
+
+def opq_steps(areas: np.ndarray, n_kept: int, bits: float, caps: np.ndarray) -> np.ndarray:
+    """Closed-form shared steps with the container cap Δ_i ≥ caps_i (active set).
+
+    `areas` are A_i = Σ_j N̄_ij α_ij. Layers with A_i = 0 get step 0.
+    """
+    areas, caps = np.asarray(areas, float), np.asarray(caps, float)
+    steps = np.zeros_like(areas)
+    free = areas > 0
+    fixed = np.zeros_like(free)
+    budget = 2.0 ** (bits - 1) * n_kept
+    while free.any():
+        remaining = budget - (areas[fixed] / caps[fixed]).sum()
+        if remaining <= 0:
+            steps[free] = caps[free]
+            break
+        steps[free] = np.cbrt(areas[free]) * (areas[free] ** (2 / 3)).sum() / remaining
+        violating = free & (steps < caps)
+        if not violating.any():
+            break
+        steps[violating] = caps[violating]
+        fixed |= violating
+        free &= ~violating
+    steps[fixed] = caps[fixed]
+    return steps
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel kept maxima α_ij and kept counts N̄_ij of every layer, flattened."""
+
+    alpha: np.ndarray
+    count: np.ndarray
+    layer: np.ndarray  # owning layer index of each channel
+
+
+def channel_stats(layers: Sequence[WeightArray], masks: Sequence[np.ndarray]) -> ChannelStats:
+    alphas, counts, owners = [], [], []
+    for i, (layer, mask) in enumerate(zip(layers, masks)):
+        w = to_channels(np.abs(layer.values), layer.axis, layer.groups)
+        m = to_channels(mask, layer.axis, layer.groups)
+        alphas.append(np.where(m, w, 0).max(axis=1).astype(float))
+        counts.append(m.sum(axis=1).astype(np.int64))
+        owners.append(np.full(w.shape[0], i))
+    return ChannelStats(np.concatenate(alphas), np.concatenate(counts), np.concatenate(owners))
+
+
+def packed_bits(stats: ChannelStats, steps: np.ndarray, keep_survivors: bool) -> float:
+    """Mean ⌈log2(2m+1)⌉ over kept weights, m = the channel's largest code."""
+    step = steps[stats.layer]
+    safe = np.where(step > 0, step, 1.0)
+    m = np.where(step > 0, np.floor(stats.alpha / safe + 0.5), 0)
+    if keep_survivors:
+        m = np.where(stats.count > 0, np.maximum(m, 1), 0)
+    kept = stats.count.sum()
+    return float((stats.count * code_width(m)).sum() / kept) if kept else 0.0
+
+
+def calibrate_steps(stats: ChannelStats, base: np.ndarray, caps: np.ndarray,
+                    free: np.ndarray, bits: float, keep_survivors: bool) -> tuple[np.ndarray, float]:
+    """Scale the free layers' steps by one factor c so packed bits meet `bits`."""
+
+    def steps_at(log_c: float) -> np.ndarray:
+        return np.where(free, np.maximum(np.exp(log_c) * base, caps), base)
+
+    def excess(log_c: float) -> float:
+        return packed_bits(stats, steps_at(log_c), keep_survivors) - bits
+
+    lo, hi = -1.0, 1.0
+    while excess(lo) < 0 and lo > -40:
+        lo -= 2.0
+    while excess(hi) > 0 and hi < 40:
+        hi += 2.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda c: abs(excess(c)))
+    return steps_at(best), float(np.exp(best))
+
+
+def int4_caps(stats: ChannelStats, layer_max: np.ndarray, sizes: np.ndarray, solved: np.ndarray,
+              bits: float, keep_survivors: bool) -> np.ndarray:
+    """Step floors that keep as many weights as possible in int4 codes (|q| ≤ 7).
+
+    Start with every solved layer capped at int4; while the finest steps the
+    caps allow cannot reach `bits`, move the smallest int4 layer to the int8 cap.
+    """
+    caps8 = layer_max / CONTAINER_MAX["int8"]
+    caps = np.where(solved, layer_max / CONTAINER_MAX["int4"], caps8)
+    for i in np.argsort(sizes, kind="stable"):
+        if packed_bits(stats, caps, keep_survivors) >= bits:
+            break
+        if solved[i]:
+            caps[i] = caps8[i]
+    return caps
+
+
+# ------------------------------------------------------------------ solve
+
+
+def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
+              fixed: frozenset[str] = frozenset()) -> CompressionPlan:
+    """Masks and shared steps for `layers`; layers named in `fixed` stay dense at 8 bits."""
+    scales = np.array([float(np.abs(l.values).mean()) if l.values.size else 0.0 for l in layers])
+    sizes = np.array([l.values.size for l in layers], np.int64)
+    solved = np.array([l.name not in fixed and s > 0 for l, s in zip(layers, scales)])
+    n_pruned = int(round(config.prune * sizes.sum()))
+    if n_pruned > sizes[solved].sum():
+        raise OptionError(f"cannot prune {config.prune:.0%} of the weights: "
+                          f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned")
+
+    target = n_pruned / sizes[solved].sum() if solved.any() else 0.0
+    threshold = solve_prune_threshold(sizes[solved], scales[solved], target) if solved.any() else 0.0
+    predicted = np.array([laplace_prune_fraction(threshold, s) if ok else 0.0
+                          for s, ok in zip(scales, solved)])
+    counts = np.zeros(len(layers), np.int64)
+    if config.prune_mode == "laplace":
+        counts[solved] = largest_remainder_counts(predicted[solved], sizes[solved], n_pruned)
+    elif solved.any():
+        counts[solved] = global_magnitude_counts([l.values for l, ok in zip(layers, solved) if ok],
+                                                 n_pruned)
+    masks = [magnitude_mask(l.values, int(k)) for l, k in zip(layers, counts)]
+
+    stats = channel_stats(layers, masks)
+    areas = np.bincount(stats.layer, weights=stats.count * stats.alpha, minlength=len(layers))
+    layer_max = np.array([stats.alpha[stats.layer == i].max(initial=0.0) for i in range(len(layers))])
+    caps = layer_max / CONTAINER_MAX["int8"]
+    if config.fit_int4:
+        caps = int4_caps(stats, layer_max, sizes, solved, config.bits, config.keep_survivors)
+    n_kept = int(stats.count[solved[stats.layer]].sum())
+    base = np.where(solved, 0.0, caps)
+    if solved.any():
+        base[solved] = opq_steps(areas[solved], n_kept, config.bits, caps[solved])
+    steps, factor = calibrate_steps(stats, base, caps, solved & (areas > 0), config.bits,
+                                    config.keep_survivors)
+
+    all_w = np.concatenate([np.abs(l.values).ravel() for l, ok in zip(layers, solved) if ok] or [[]])
+    diagnostics = {
+        "laplace_threshold": threshold,
+        "laplace_threshold_prune_ratio": float((all_w <= threshold).mean()) if all_w.size and target else 0.0,
+        "target_prune_ratio_solved_layers": target,
+        "step_scale_factor": factor,
+        "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
+    }
+    plans = tuple(LayerPlan(l.name, m, float(st), config.keep_survivors, l.name in fixed, float(pr))
+                  for l, m, st, pr in zip(layers, masks, steps, predicted))
+    return CompressionPlan(plans, "opq", diagnostics)
+
+
+def _mean_bins(stats: ChannelStats, steps: np.ndarray) -> float:
+    step = steps[stats.layer]
+    bins = np.where(step > 0, 2 * stats.alpha / np.where(step > 0, step, 1), 0)
+    return float((stats.count * bins).sum() / max(stats.count.sum(), 1))

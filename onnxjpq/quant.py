@@ -1,0 +1,77 @@
+"""Pure quantization primitives: step → codes → dequantized values.
+
+Symmetric, zero point 0, one step per tensor (OPQ's shared step, METHODS.md
+§2c). Rounding is half away from zero, not numpy's half to even.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONTAINER_MAX = {"int4": 7, "int8": 127, "int16": 32767}
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """Round half away from zero.
+
+    >>> round_half_away(np.array([0.5, 1.5, -0.5, 2.4])).tolist()
+    [1.0, 2.0, -1.0, 2.0]
+    """
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float,
+                   keep_survivors: bool = True) -> np.ndarray:
+    """Integer codes of `w` on the grid `step`; pruned weights (mask False) get 0.
+
+    With `keep_survivors`, a kept weight that would round to 0 gets ±1 instead,
+    so the prune ratio asked for is the ratio stored.
+
+    >>> quantize_codes(np.array([0.1, -0.26, 0.9]), np.array([True, True, False]), 0.2).tolist()
+    [1, -1, 0]
+    """
+    if step <= 0:
+        return np.zeros(w.shape, np.int32)
+    q = np.floor(np.abs(w) / step + 0.5)
+    if keep_survivors:
+        q = np.maximum(q, 1.0)
+    return (np.sign(w) * q * mask).astype(np.int32)
+
+
+def dequantize(codes: np.ndarray, step: float) -> np.ndarray:
+    """Float values of `codes` (what DequantizeLinear computes)."""
+    return (codes.astype(np.float32) * np.float32(step)).astype(np.float32)
+
+
+def code_width(max_code: np.ndarray) -> np.ndarray:
+    """Bits of a symmetric code in [-m, m] packed at its own width: ceil(log2(2m+1)); 0 if m = 0.
+
+    >>> code_width(np.array([0, 1, 3, 4, 7, 8, 127])).tolist()
+    [0, 2, 3, 4, 4, 5, 8]
+    """
+    m = np.asarray(max_code, dtype=np.int64)
+    return np.where(m > 0, np.ceil(np.log2(2 * m + 1)), 0).astype(np.int64)
+
+
+def container_for(max_code: int, allow_int4: bool) -> str:
+    """The smallest ONNX integer type that holds codes in [-max_code, max_code]."""
+    if allow_int4 and max_code <= CONTAINER_MAX["int4"]:
+        return "int4"
+    if max_code <= CONTAINER_MAX["int8"]:
+        return "int8"
+    return "int16"
+
+
+def to_channels(w: np.ndarray, axis: int | None, groups: int = 1) -> np.ndarray:
+    """View `w` as [output channels, weights per channel].
+
+    `axis` None means one channel (per-tensor). `groups` > 1 applies to
+    ConvTranspose, whose weight [C, M/g, ...] has output channel g_index·M/g + m.
+    """
+    if axis is None or w.ndim == 0:
+        return w.reshape(1, -1)
+    if groups > 1 and axis == 1:
+        c_in, m_per_group = w.shape[0], w.shape[1]
+        grouped = w.reshape(groups, c_in // groups, m_per_group, -1)
+        return grouped.transpose(0, 2, 1, 3).reshape(groups * m_per_group, -1)
+    return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)

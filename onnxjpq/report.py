@@ -1,0 +1,144 @@
+"""The compression report: per-layer rows and totals (METHODS.md §1).
+
+rate         = 32·params / Σ_i V_i             (the ANNC/OPQ tables' convention)
+storage_rate = 32·params / Σ_i (V_i + I_i + P_i) (also the sparsity pattern and steps)
+
+V_i are the value bits (kept weights at their channel's packed width
+⌈log2(2m+1)⌉), I_i the cheaper of a bitmask and a relative index with the
+best run width r, P_i = 32 (the step) + 4 per channel (its width). Weights a
+selection left in float count 32 bits each, so the rates stay honest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .quant import code_width, dequantize, to_channels
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    op: str
+    shape: list[int]
+    params: int
+    nonzero: int
+    prune_ratio: float
+    predicted_prune_ratio: float
+    bits: float
+    container: str
+    step: float
+    laplace_scale: float
+    laplace_ks: float
+    mse: float
+    value_bits: int
+    index_bits: int
+    param_bits: int
+    entropy_index_bits: float
+
+
+def index_bits(nonzero_mask: np.ndarray, value_width: float) -> int:
+    """Bits to store which weights are kept: bitmask or relative index, whichever is cheaper."""
+    flat = nonzero_mask.ravel()
+    n, kept = flat.size, int(flat.sum())
+    if kept == n or kept == 0:
+        return 0
+    positions = np.flatnonzero(flat)
+    runs = np.diff(positions, prepend=-1) - 1
+    best = n
+    for r in range(1, 9):
+        fillers = int((runs >> r).sum())
+        best = min(best, int(np.ceil((kept + fillers) * r + fillers * value_width)))
+    return best
+
+
+def entropy_bits(n: int, kept: int) -> float:
+    """The entropy bound n·H(kept/n) on any index of the kept positions."""
+    p = kept / n if n else 0.0
+    if p in (0.0, 1.0):
+        return 0.0
+    return float(n * -(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
+
+
+def layer_row(layer, plan, codes: np.ndarray, container: str, fit) -> LayerRow:
+    """Measure one compressed layer from the codes actually stored."""
+    nz = codes != 0
+    chan_codes = to_channels(np.abs(codes), layer.axis, layer.groups)
+    widths = code_width(chan_codes.max(axis=1))
+    value_bits = int((to_channels(nz, layer.axis, layer.groups).sum(axis=1) * widths).sum())
+    nonzero = int(nz.sum())
+    bits = value_bits / nonzero if nonzero else 0.0
+    err = dequantize(codes, plan.step) - layer.values
+    return LayerRow(
+        name=layer.name, op=layer.op, shape=list(layer.values.shape), params=int(codes.size),
+        nonzero=nonzero, prune_ratio=1 - nonzero / codes.size,
+        predicted_prune_ratio=plan.predicted_prune_ratio, bits=bits, container=container,
+        step=plan.step, laplace_scale=fit.scale, laplace_ks=fit.ks,
+        mse=float(np.mean(err.astype(np.float64) ** 2)), value_bits=value_bits,
+        index_bits=index_bits(nz, bits), param_bits=32 + 4 * chan_codes.shape[0],
+        entropy_index_bits=entropy_bits(codes.size, nonzero))
+
+
+def totals(rows: list[LayerRow], float_params: int, bytes_in: int, bytes_out: int,
+           diagnostics: dict) -> dict:
+    """Model-level figures; `float_params` are selected-out weights left at 32 bits."""
+    params = sum(r.params for r in rows) + float_params
+    nonzero_q = sum(r.nonzero for r in rows)
+    nonzero = nonzero_q + float_params
+    value = sum(r.value_bits for r in rows) + 32 * float_params
+    storage = value + sum(r.index_bits + r.param_bits for r in rows)
+    entropy = value + sum(r.entropy_index_bits + r.param_bits for r in rows)
+    return {
+        "layers": len(rows),
+        "params": params,
+        "nonzero": nonzero,
+        "prune_ratio": 1 - nonzero / params if params else 0.0,
+        "avg_bits": sum(r.value_bits for r in rows) / nonzero_q if nonzero_q else 0.0,
+        "rate": 32 * params / value if value else 0.0,
+        "storage_rate": 32 * params / storage if storage else 0.0,
+        "entropy_storage_rate": 32 * params / entropy if entropy else 0.0,
+        "float_params": float_params,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "file_ratio": bytes_in / bytes_out if bytes_out else 0.0,
+        **diagnostics,
+    }
+
+
+def report_dict(rows: list[LayerRow], total: dict, skipped: list, settings: dict) -> dict:
+    return {
+        "totals": total,
+        "settings": settings,
+        "layers": [asdict(r) for r in rows],
+        "skipped": [{"name": s.name, "op": s.op, "shape": list(s.shape), "reason": s.reason}
+                    for s in skipped],
+    }
+
+
+def print_report(report: dict, console) -> None:
+    """A rich table of the layers, the skipped weights, and the totals."""
+    from rich.table import Table
+
+    table = Table(title="onnxjpq: per-layer compression", header_style="bold")
+    for col in ("layer", "op", "shape", "params", "pruned", "bits", "store", "step", "laplace τ"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "shape", "store") else "right")
+    for r in report["layers"]:
+        table.add_row(_short(r["name"]), r["op"], "x".join(map(str, r["shape"])), f"{r['params']:,}",
+                      f"{r['prune_ratio']:.1%}", f"{r['bits']:.2f}", r["container"],
+                      f"{r['step']:.3g}", f"{r['laplace_scale']:.3g}")
+    console.print(table)
+    for s in report["skipped"]:
+        console.print(f"[dim]skipped {s['name']} ({s['op']} {'x'.join(map(str, s['shape']))}): {s['reason']}[/dim]")
+    t = report["totals"]
+    console.print(
+        f"params {t['params']:,}  nonzero {t['nonzero']:,}  pruned {t['prune_ratio']:.2%}  "
+        f"avg bits {t['avg_bits']:.2f}  rate {t['rate']:.1f}x  storage rate {t['storage_rate']:.1f}x  "
+        f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({t['file_ratio']:.1f}x smaller)")
+    for note in report["settings"].get("notes", []):
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]

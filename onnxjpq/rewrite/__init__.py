@@ -1,0 +1,21 @@
+"""Rewriters: apply a `CompressionPlan` to the graph, one storage format each.
+
+- qdq: integer codes (int4/int8) + DequantizeLinear (default);
+- dense: the dequantized values written back as float;
+- sparse: qdq with the integer codes in sparse_initializer storage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..layers import WeightLayer
+from ..plan import LayerPlan
+from ..quant import quantize_codes
+
+FORMATS = ("qdq", "float", "sparse")
+
+
+def layer_codes(layer: WeightLayer, plan: LayerPlan) -> np.ndarray:
+    """The integer codes the plan assigns to `layer`'s weights."""
+    return quantize_codes(layer.values, plan.mask, plan.step, plan.keep_survivors)

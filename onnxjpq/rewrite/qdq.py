@@ -1,0 +1,76 @@
+"""Weights as integer initializers feeding DequantizeLinear.
+
+W (float) becomes DequantizeLinear(W_quantized, W_scale, W_zero_point) with
+per-tensor scale = the layer's step and zero point 0; the node's output keeps
+the name W, so every consumer is untouched. int4 storage needs opset 21.
+
+onnx-graphsurgeon writes ml_dtypes.int4 arrays one byte per value, so int4
+codes travel through the graph as int8 and `pack_int4` retypes them in the
+exported model.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from ..layers import WeightLayer
+from ..plan import LayerPlan
+from ..quant import container_for
+from . import layer_codes
+
+_NUMPY_TYPES = {"int4": np.dtype(np.int8), "int8": np.dtype(np.int8), "int16": np.dtype(np.int16)}
+
+
+def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: bool
+              ) -> tuple[str, list[str]]:
+    """Replace `layer`'s weight by codes + DequantizeLinear.
+
+    Returns the container used and, for int4, the names `pack_int4` must retype.
+    """
+    codes = layer_codes(layer, plan)
+    container = container_for(int(np.abs(codes).max(initial=0)), allow_int4)
+    dtype = _NUMPY_TYPES[container]
+    taken = set(graph.tensors())
+    quantized = gs.Constant(_fresh(f"{layer.name}_quantized", taken), codes.astype(dtype))
+    scale = gs.Constant(_fresh(f"{layer.name}_scale", taken),
+                        np.array(plan.step if plan.step > 0 else 1.0, np.float32))
+    zero_point = gs.Constant(_fresh(f"{layer.name}_zero_point", taken), np.zeros((), dtype))
+    output = _detach_weight(graph, layer)
+    dq = gs.Node("DequantizeLinear", name=_fresh(f"{layer.name}_DequantizeLinear", taken),
+                 inputs=[quantized, scale, zero_point], outputs=[output])
+    graph.nodes.insert(0, dq)  # its inputs are constants: first is always topologically valid
+    return container, [quantized.name, zero_point.name] if container == "int4" else []
+
+
+def pack_int4(model: onnx.ModelProto, names: list[str]) -> None:
+    """Retype the named int8 initializers of `model` as packed int4."""
+    wanted = set(names)
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.name in wanted:
+            values = numpy_helper.to_array(tensor).astype(ml_dtypes.int4)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(values, tensor.name))
+
+
+def _detach_weight(graph: gs.Graph, layer: WeightLayer) -> gs.Variable:
+    """Free the tensor the consumers read, so a new node can produce it."""
+    if layer.producer is not None:  # a Constant node: drop it, keep its output tensor
+        output = layer.producer.outputs[0]
+        layer.producer.outputs.clear()
+        graph.nodes.remove(layer.producer)
+        return output
+    output = gs.Variable(layer.name, dtype=np.float32, shape=list(layer.values.shape))
+    for node, index in layer.uses:
+        node.inputs[index] = output
+    return output
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate, n = f"{name}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
