@@ -45,8 +45,9 @@ def main():
 _selection_options = [
     click.option("--include", multiple=True, help="Compress only weights/nodes matching these globs."),
     click.option("--exclude", multiple=True, help="Leave weights/nodes matching these globs in float."),
-    click.option("--keep", multiple=True,
-                 help="Keep these layers dense at 8 bits: 'first', 'last' or globs (comma-separated)."),
+    click.option("--keep", multiple=True, default=("first,last",), show_default=True,
+                 help="Keep these layers dense at 8 bits: 'first', 'last' or globs (comma-separated); "
+                      "'none' keeps none."),
     click.option("--min-params", type=int, default=64, show_default=True,
                  help="Weights with fewer values stay float."),
 ]
@@ -63,7 +64,8 @@ def _selection(include, exclude, keep, min_params):
     from .layers import Selection
     if min_params < 0:
         raise OptionError(f"--min-params must be >= 0, got {min_params}")
-    return Selection(_split(include), _split(exclude), _split(keep), min_params)
+    keep = tuple(k for k in _split(keep) if k != "none")
+    return Selection(_split(include), _split(exclude), keep, min_params)
 
 
 @main.command()

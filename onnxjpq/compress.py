@@ -22,7 +22,7 @@ from .quant import CONTAINER_MAX
 from .report import layer_row, report_dict, totals
 from .rewrite import FORMATS, layer_codes
 from .rewrite.dense import apply_float
-from .rewrite.qdq import apply_qdq, pack_int4
+from .rewrite.qdq import proto_graphs, apply_qdq, pack_int4
 from .rewrite.sparse import to_sparse
 from .stats import laplace_fit
 
@@ -76,8 +76,29 @@ def _prepare_opset(model: onnx.ModelProto, plan: CompressionPlan, layers: list[W
     return model, wants_int4
 
 
+def _hoist_outer_initializers(out: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Put back in the main graph the initializers the original kept there.
+
+    onnx-graphsurgeon copies an outer-scope constant into every subgraph that
+    reads it, which would store it once per If/Loop branch.
+    """
+    outer = {t.name for t in original.graph.initializer}
+    present = {t.name for t in out.graph.initializer}
+    for sub in list(proto_graphs(out.graph))[1:]:
+        keep = []
+        for tensor in sub.initializer:
+            if tensor.name not in outer:
+                keep.append(tensor)
+            elif tensor.name not in present:
+                out.graph.initializer.append(tensor)
+                present.add(tensor.name)
+        del sub.initializer[:]
+        sub.initializer.extend(keep)
+
+
 def _export(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: dict) -> onnx.ModelProto:
     out = gs.export_onnx(graph)
+    _hoist_outer_initializers(out, original)
     out.ir_version = max(original.ir_version, INT4_MIN_IR if int4 else 0)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(out, field, getattr(original, field))
@@ -97,6 +118,8 @@ def compress_model(model: onnx.ModelProto, config: OpqConfig = OpqConfig(),
         config = replace(config, fit_int4=False)
     plan = solve_opq(layers, config, fixed)
     notes: list[str] = []
+    if not plan.diagnostics.get("bits_target_met", True):
+        notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
     model, int4 = _prepare_opset(model, plan, layers, output, notes)
     graph, layers, skipped = _find(model, selection)  # re-read: the opset upgrade made a new graph
     plans = plan.by_name()

@@ -38,7 +38,7 @@ def run_demo(models_dir=None, out_dir=None, settings=DEMO_SETTINGS) -> list[dict
             dst = folder / f"lenet5_p{int(prune * 100)}_b{bits:g}.onnx"
             report = compress_file(src, dst, OpqConfig(prune=prune, bits=bits))
             t = report["totals"]
-            rows.append({"setting": f"--prune {prune} --bits {bits:g}", "prune_ratio": t["prune_ratio"],
+            rows.append({"setting": f"prune {prune:g}, bits {bits:g}", "prune_ratio": t["prune_ratio"],
                          "avg_bits": t["avg_bits"], "rate": t["rate"], "storage_rate": t["storage_rate"],
                          "bytes": t["bytes_out"],
                          "accuracy": accuracy(predict(session(dst), data), data.labels)})
@@ -48,12 +48,11 @@ def run_demo(models_dir=None, out_dir=None, settings=DEMO_SETTINGS) -> list[dict
 def print_demo(rows: list[dict], console) -> None:
     from rich.table import Table
 
-    table = Table(title="onnxjpq demo: LeNet-5-style CNN on the digits test split (onnxruntime)")
-    for col in ("setting", "pruned", "avg bits", "rate", "storage rate", "file bytes", "accuracy"):
-        table.add_column(col, justify="left" if col == "setting" else "right")
-    base = rows[0]
+    table = Table(title="LeNet-5-style CNN, digits test split, onnxruntime")
+    for col in ("setting", "pruned", "bits", "rate", "storage", "file KB", "accuracy"):
+        table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=True)
     for r in rows:
         table.add_row(r["setting"], f"{r.get('prune_ratio', 0):.1%}", f"{r.get('avg_bits', 32):.2f}",
                       f"{r.get('rate', 1):.1f}x", f"{r.get('storage_rate', 1):.1f}x",
-                      f"{r['bytes']:,} ({base['bytes'] / r['bytes']:.1f}x)", f"{r['accuracy']:.2f}%")
+                      f"{r['bytes'] / 1024:.1f}", f"{r['accuracy']:.2f}%")
     console.print(table)

@@ -23,12 +23,14 @@ class Selection:
 
     include/exclude: glob patterns matched against weight and node names
     (empty include = all). keep: patterns, or the words "first" and "last",
-    for layers kept dense at 8 bits. min_params: smaller weights stay float.
+    for layers kept dense at 8 bits; the default keeps the first and last
+    layer (the most sensitive ones) in models of three layers or more.
+    min_params: smaller weights stay float.
     """
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    keep: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ("first", "last")
     min_params: int = 64
 
 
@@ -44,6 +46,7 @@ class WeightLayer:
     constant: gs.Constant
     uses: list[tuple[gs.Node, int]] = field(default_factory=list)
     producer: gs.Node | None = None  # the Constant node holding it, if any
+    home: gs.Graph | None = None  # the (sub)graph where a DequantizeLinear for it belongs
 
     @property
     def node_names(self) -> list[str]:
@@ -69,41 +72,56 @@ def _weight_constant(tensor) -> tuple[gs.Constant, gs.Node | None] | None:
     return None
 
 
+def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
+    """The graph and every subgraph (If/Loop/Scan bodies), outermost first."""
+    return [graph, *graph.subgraphs(recursive=True)]
+
+
 def _candidates(graph: gs.Graph) -> dict[str, tuple]:
-    """Tensor name → (tensor, constant, producer, [(node, input index, spec)])."""
+    """Tensor name → (tensor, constant, producer, [(node, input index, spec, owning graph)])."""
     found: dict[str, tuple] = {}
-    for node in graph.nodes:
-        for index, tensor in enumerate(node.inputs):
-            spec = weight_slot(node.op, index)
-            resolved = _weight_constant(tensor) if spec else None
-            if resolved is None:
-                continue
-            entry = found.setdefault(tensor.name, (tensor, *resolved, []))
-            entry[3].append((node, index, spec))
+    for owner in all_graphs(graph):
+        for node in owner.nodes:
+            for index, tensor in enumerate(node.inputs):
+                spec = weight_slot(node.op, index)
+                resolved = _weight_constant(tensor) if spec else None
+                if resolved is None:
+                    continue
+                entry = found.setdefault(tensor.name, (tensor, *resolved, []))
+                entry[3].append((node, index, spec, owner))
     return found
 
 
+def _home(graph: gs.Graph, producer: gs.Node | None, slots: list) -> gs.Graph:
+    """Where the weight's DequantizeLinear goes: beside its Constant node, in the one
+    (sub)graph that uses it, or in the outermost graph, visible to all subgraphs."""
+    if producer is not None:
+        return next(g for g in all_graphs(graph) if any(n is producer for n in g.nodes))
+    owners = {id(slot[3]): slot[3] for slot in slots}
+    return next(iter(owners.values())) if len(owners) == 1 else graph
+
+
 def _refusal(graph: gs.Graph, tensor, constant: gs.Constant, slots: list) -> str | None:
-    used_as_weight = {(id(node), index) for node, index, _ in slots}
+    used_as_weight = {(id(node), index) for node, index, *_ in slots}
     for consumer in tensor.outputs:
         for index, inp in enumerate(consumer.inputs):
             if inp is tensor and (id(consumer), index) not in used_as_weight:
                 return f"also feeds {consumer.op} {consumer.name!r}"
-    if tensor in graph.outputs or tensor in graph.inputs:
+    if any(tensor in g.outputs or tensor in g.inputs for g in all_graphs(graph)):
         return "is a graph input or output"
     dtype = np.dtype(constant.dtype) if constant.dtype is not None else None
     if dtype != np.float32:
         return f"dtype {dtype} (only float32 weights are compressed)"
     rank = len(constant.shape)
-    for _, _, spec in slots:
+    for _, _, spec, _ in slots:
         if rank < spec.min_rank or (spec.max_rank is not None and rank > spec.max_rank):
             return f"rank {rank} is not a weight of {spec.op}"
     return None
 
 
-def _axis(slots: list[tuple[gs.Node, int, OpSpec]], rank: int) -> tuple[int | None, int]:
+def _axis(slots: list[tuple[gs.Node, int, OpSpec, gs.Graph]], rank: int) -> tuple[int | None, int]:
     axes = {(spec.out_axis(node.attrs, rank), node.attrs.get("group", 1) if spec.grouped_axis else 1)
-            for node, _, spec in slots}
+            for node, _, spec, _ in slots}
     return axes.pop() if len(axes) == 1 else (None, 1)
 
 
@@ -117,7 +135,7 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
     layers, skipped = [], []
     for name, (tensor, constant, producer, slots) in _candidates(graph).items():
         op, shape = slots[0][0].op, tuple(constant.shape)
-        names = [name] + [node.name for node, _, _ in slots]
+        names = [name] + [slot[0].name for slot in slots]
         reason = _refusal(graph, tensor, constant, slots)
         if reason is None and int(np.prod(shape)) < selection.min_params:
             reason = f"{int(np.prod(shape))} params, below --min-params {selection.min_params}"
@@ -131,16 +149,21 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
         axis, groups = _axis(slots, len(shape))
         values = np.asarray(constant.values, dtype=np.float32)
         layers.append(WeightLayer(name, op, values, axis, groups, constant,
-                                  [(node, index) for node, index, _ in slots], producer))
+                                  [(node, index) for node, index, *_ in slots], producer,
+                                  _home(graph, producer, slots)))
     return layers, skipped
 
 
 def kept_names(layers: list[WeightLayer], selection: Selection) -> frozenset[str]:
-    """Names of the layers `selection.keep` holds at 8 bits ("first", "last", or patterns)."""
+    """Names of the layers `selection.keep` holds at 8 bits ("first", "last", or patterns).
+
+    "first" and "last" apply only to models with three layers or more, so
+    that something is left to compress.
+    """
     keep = set()
-    if layers and "first" in selection.keep:
+    if len(layers) >= 3 and "first" in selection.keep:
         keep.add(layers[0].name)
-    if layers and "last" in selection.keep:
+    if len(layers) >= 3 and "last" in selection.keep:
         keep.add(layers[-1].name)
     patterns = tuple(p for p in selection.keep if p not in ("first", "last"))
     keep |= {l.name for l in layers if _matches(patterns, [l.name, *l.node_names])}

@@ -176,12 +176,16 @@ def packed_bits(stats: ChannelStats, steps: np.ndarray, keep_survivors: bool) ->
     return float((stats.count * code_width(m)).sum() / kept) if kept else 0.0
 
 
-def calibrate_steps(stats: ChannelStats, base: np.ndarray, caps: np.ndarray,
+def calibrate_steps(stats: ChannelStats, base: np.ndarray, caps: np.ndarray, ceilings: np.ndarray,
                     free: np.ndarray, bits: float, keep_survivors: bool) -> tuple[np.ndarray, float]:
-    """Scale the free layers' steps by one factor c so packed bits meet `bits`."""
+    """Scale the free layers' steps by one factor c so packed bits meet `bits`.
+
+    Steps stay within [caps, ceilings]: the container's floor, and the layer's
+    largest |w| (a coarser step would only inflate the weights).
+    """
 
     def steps_at(log_c: float) -> np.ndarray:
-        return np.where(free, np.maximum(np.exp(log_c) * base, caps), base)
+        return np.where(free, np.clip(np.exp(log_c) * base, caps, np.maximum(ceilings, caps)), base)
 
     def excess(log_c: float) -> float:
         return packed_bits(stats, steps_at(log_c), keep_survivors) - bits
@@ -254,7 +258,7 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
     base = np.where(solved, 0.0, caps)
     if solved.any():
         base[solved] = opq_steps(areas[solved], n_kept, config.bits, caps[solved])
-    steps, factor = calibrate_steps(stats, base, caps, solved & (areas > 0), config.bits,
+    steps, factor = calibrate_steps(stats, base, caps, layer_max, solved & (areas > 0), config.bits,
                                     config.keep_survivors)
 
     all_w = np.concatenate([np.abs(l.values).ravel() for l, ok in zip(layers, solved) if ok] or [[]])
@@ -263,6 +267,7 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
         "laplace_threshold_prune_ratio": float((all_w <= threshold).mean()) if all_w.size and target else 0.0,
         "target_prune_ratio_solved_layers": target,
         "step_scale_factor": factor,
+        "bits_target_met": abs(packed_bits(stats, steps, config.keep_survivors) - config.bits) <= 0.05,
         "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
     }
     plans = tuple(LayerPlan(l.name, m, float(st), config.keep_survivors, l.name in fixed, float(pr))

@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..layers import WeightLayer
+from ..layers import WeightLayer, all_graphs
 from ..plan import LayerPlan
 from ..quant import container_for
 from . import layer_codes
@@ -34,25 +34,35 @@ def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: 
     codes = layer_codes(layer, plan)
     container = container_for(int(np.abs(codes).max(initial=0)), allow_int4)
     dtype = _NUMPY_TYPES[container]
-    taken = set(graph.tensors())
+    taken = {name for g in all_graphs(graph) for name in g.tensors()}
     quantized = gs.Constant(_fresh(f"{layer.name}_quantized", taken), codes.astype(dtype))
     scale = gs.Constant(_fresh(f"{layer.name}_scale", taken),
                         np.array(plan.step if plan.step > 0 else 1.0, np.float32))
     zero_point = gs.Constant(_fresh(f"{layer.name}_zero_point", taken), np.zeros((), dtype))
-    output = _detach_weight(graph, layer)
+    home = layer.home or graph
+    output = _detach_weight(home, layer)
     dq = gs.Node("DequantizeLinear", name=_fresh(f"{layer.name}_DequantizeLinear", taken),
                  inputs=[quantized, scale, zero_point], outputs=[output])
-    graph.nodes.insert(0, dq)  # its inputs are constants: first is always topologically valid
+    home.nodes.insert(0, dq)  # its inputs are constants: first is always topologically valid
     return container, [quantized.name, zero_point.name] if container == "int4" else []
 
 
 def pack_int4(model: onnx.ModelProto, names: list[str]) -> None:
-    """Retype the named int8 initializers of `model` as packed int4."""
+    """Retype the named int8 initializers of `model` (subgraphs included) as packed int4."""
     wanted = set(names)
-    for i, tensor in enumerate(model.graph.initializer):
-        if tensor.name in wanted:
-            values = numpy_helper.to_array(tensor).astype(ml_dtypes.int4)
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    for graph in proto_graphs(model.graph):
+        for tensor in graph.initializer:
+            if tensor.name in wanted:
+                values = numpy_helper.to_array(tensor).astype(ml_dtypes.int4)
+                tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+
+
+def proto_graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from proto_graphs(sub)
 
 
 def _detach_weight(graph: gs.Graph, layer: WeightLayer) -> gs.Variable:
