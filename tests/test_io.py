@@ -1,0 +1,71 @@
+"""Graph I/O: external data, path checks, atomic writes, lean imports."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxjpq import ModelError, OpqConfig, OptionError, compress_file
+from onnxjpq.io import check_output_path, file_bytes, load_model, save_model
+from onnxjpq.testing import conv_model, run
+
+
+def _save_external(model: onnx.ModelProto, path, location: str) -> None:
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=0)
+
+
+def test_external_data_is_loaded_and_compressed(tmp_path):
+    expected = onnx.numpy_helper.to_array(conv_model().graph.initializer[0])
+    src = tmp_path / "ext.onnx"
+    _save_external(conv_model(), src, "ext.data")
+    loaded = load_model(src)
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(loaded.graph.initializer[0]), expected)
+    assert file_bytes(src) > src.stat().st_size
+    report = compress_file(src, tmp_path / "out.onnx", OpqConfig(prune=0.5, bits=4))
+    assert report["totals"]["bytes_in"] == file_bytes(src)
+    x = {"x": np.ones((1, 3, 8, 8), np.float32)}
+    assert run(str(tmp_path / "out.onnx"), x)[0].shape == (1, 8, 8, 8)
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    _save_external(conv_model(), inner / "m.onnx", "m.data")
+    (inner / "m.data").rename(tmp_path / "m.data")
+    model = onnx.load(str(inner / "m.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../m.data"
+    onnx.save_model(model, str(inner / "m.onnx"))
+    with pytest.raises(ModelError, match="leaves the model's folder"):
+        load_model(inner / "m.onnx")
+
+
+def test_missing_external_data_file_is_a_model_error(tmp_path):
+    _save_external(conv_model(), tmp_path / "m.onnx", "m.data")
+    (tmp_path / "m.data").unlink()
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "m.onnx")
+
+
+def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    size = save_model(conv_model(), tmp_path / "a.onnx")
+    assert size == (tmp_path / "a.onnx").stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save_model(conv_model(), str(src))
+    with pytest.raises(OptionError, match="is the input file"):
+        check_output_path(src, tmp_path / "." / "m.onnx")
+
+
+def test_import_onnxjpq_does_not_import_torch():
+    code = "import sys, onnxjpq, onnxjpq.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
