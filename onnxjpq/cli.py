@@ -28,8 +28,10 @@ def _user_errors(func):
 
 
 def _console(quiet: bool = False):
+    import shutil
+
     from rich.console import Console
-    return Console(stderr=True, quiet=quiet)
+    return Console(stderr=True, quiet=quiet, width=max(shutil.get_terminal_size((120, 24)).columns, 100))
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -72,10 +74,18 @@ def _selection(include, exclude, keep, min_params):
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
               help="Where to write the compressed model.")
-@click.option("--prune", type=float, default=0.0, show_default=True,
-              help="Global fraction of weights to prune, in [0, 1).")
-@click.option("--bits", type=float, default=8.0, show_default=True,
-              help="Average bits per kept weight, in [2, 8]; fractions allowed.")
+@click.option("--prune", type=float, default=None, help="Global fraction of weights to prune, in [0, 1) [default: 0].")
+@click.option("--bits", type=float, default=None,
+              help="Average bits per kept weight, in [2, 8]; fractions allowed [default: 8].")
+@click.option("--rate", type=float, default=None,
+              help="Budget mode: choose each layer's sparsity and bits to reach this storage rate (x).")
+@click.option("--size-kb", type=float, default=None,
+              help="Budget mode: choose each layer's sparsity and bits to fit the weights in this many KB.")
+@click.option("--min-bits", type=int, default=2, show_default=True, help="Budget mode: narrowest code.")
+@click.option("--max-bits", type=int, default=8, show_default=True, help="Budget mode: widest code.")
+@click.option("--pow2-bits", is_flag=True, help="Budget mode: only 2, 4 or 8-bit codes.")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Budget mode: .npz of model inputs to measure each layer's sensitivity on.")
 @click.option("--prune-mode", type=click.Choice(["laplace", "exact"]), default="laplace", show_default=True,
               help="laplace: OPQ's per-layer ratios from the Laplace fit; exact: global magnitude.")
 @click.option("--keep-survivors/--no-keep-survivors", default=True, show_default=True,
@@ -89,21 +99,33 @@ def _selection(include, exclude, keep, min_params):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @_user_errors
-def compress(src, dst, prune, bits, prune_mode, keep_survivors, fmt, int4, include, exclude, keep,
-             min_params, report_path, quiet):
-    """Prune and quantize the weights of SRC (OPQ) into a new ONNX file."""
+def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, calib, prune_mode,
+             keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, quiet):
+    """Prune and quantize the weights of SRC into a new ONNX file.
+
+    Give --prune/--bits for the analytic OPQ solve, or --rate/--size-kb for
+    the budget mode, which chooses each layer's sparsity and bit-width.
+    """
     from rich.progress import track
 
     from .compress import OutputConfig, compress_file
+    from .errors import OptionError
+    from .methods.annc import AnncConfig
     from .methods.opq import OpqConfig
     from .report import print_report
 
-    config = OpqConfig(prune=prune, bits=bits, prune_mode=prune_mode, keep_survivors=keep_survivors)
+    if rate is not None or size_kb is not None:
+        if prune is not None or bits is not None:
+            raise OptionError("--prune/--bits and --rate/--size-kb are two modes: give one of them")
+        config = AnncConfig(rate=rate, size_kb=size_kb, min_bits=min_bits, max_bits=max_bits, pow2=pow2_bits)
+    else:
+        config = OpqConfig(prune=0.0 if prune is None else prune, bits=8.0 if bits is None else bits,
+                           prune_mode=prune_mode, keep_survivors=keep_survivors)
     selection = _selection(include, exclude, keep, min_params)
     console = _console(quiet)
-    progress = (lambda xs: track(xs, description="rewriting", console=console, transient=True))
+    progress = (lambda xs: track(xs, description="working", console=console, transient=True))
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
-                           report_path=report_path, progress=None if quiet else progress)
+                           report_path=report_path, progress=None if quiet else progress, calib=calib)
     print_report(report, console)
     console.print(f"wrote {dst}")
 

@@ -15,6 +15,7 @@ from . import __version__
 from .errors import ModelError, OptionError
 from .io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
 from .layers import Selection, WeightLayer, find_layers, kept_names
+from .methods.annc import AnncConfig, solve_annc
 from .methods.opq import OpqConfig, solve_opq
 from .opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, default_opset, upgrade
 from .plan import CompressionPlan
@@ -38,6 +39,12 @@ class OutputConfig:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+
+
+def find_model_layers(model: onnx.ModelProto, selection: Selection = Selection()):
+    """The compressible layers of a loaded model, and the skipped weights with reasons."""
+    _, layers, skipped = _find(model, selection)
+    return layers, skipped
 
 
 def _find(model: onnx.ModelProto, selection: Selection):
@@ -108,15 +115,29 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: di
     return out
 
 
-def compress_model(model: onnx.ModelProto, config: OpqConfig = OpqConfig(),
-                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
-                   progress=None) -> tuple[onnx.ModelProto, dict]:
-    """Compress a loaded model; return the new model and its report (bytes not yet known)."""
-    _, layers, skipped = _find(model, selection)
-    fixed = kept_names(layers, selection)
+def _solve(layers, config: OpqConfig | AnncConfig, fixed: frozenset[str], float_params: int,
+           output: OutputConfig, sensitivity: dict | None) -> CompressionPlan:
+    if isinstance(config, AnncConfig):
+        total = sum(l.values.size for l in layers) + float_params
+        return solve_annc(layers, config, fixed, reserved_bits=32.0 * float_params, total_params=total,
+                          sensitivity=sensitivity)
     if output.format != "qdq" or not output.int4:
         config = replace(config, fit_int4=False)
-    plan = solve_opq(layers, config, fixed)
+    return solve_opq(layers, config, fixed)
+
+
+def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqConfig(),
+                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
+                   progress=None, sensitivity: dict[str, float] | None = None) -> tuple[onnx.ModelProto, dict]:
+    """Compress a loaded model; return the new model and its report (bytes not yet known).
+
+    `config` picks the method: OpqConfig (analytic OPQ) or AnncConfig (budget
+    allocation, optionally weighted by per-layer `sensitivity`).
+    """
+    _, layers, skipped = _find(model, selection)
+    fixed = kept_names(layers, selection)
+    float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
+    plan = _solve(layers, config, fixed, float_params, output, sensitivity)
     notes: list[str] = []
     if not plan.diagnostics.get("bits_target_met", True):
         notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
@@ -132,8 +153,7 @@ def compress_model(model: onnx.ModelProto, config: OpqConfig = OpqConfig(),
             container, names = apply_qdq(graph, layer, p, allow_int4=int4)
             int4_names += names
         rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values)))
-    float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
-    settings = {"method": "opq", "opq": asdict(config), "selection": asdict(selection),
+    settings = {"method": plan.method, "config": asdict(config), "selection": asdict(selection),
                 "output": asdict(output), "kept_8bit": sorted(fixed), "notes": notes,
                 "onnxjpq_version": __version__}
     total = totals(rows, float_params, 0, 0, plan.diagnostics)
@@ -162,15 +182,29 @@ def _check(model: onnx.ModelProto, runtime: bool) -> None:
             ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def compress_file(src: str | os.PathLike, dst: str | os.PathLike, config: OpqConfig = OpqConfig(),
+def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
+                  config: OpqConfig | AnncConfig = OpqConfig(),
                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
-                  report_path: str | os.PathLike | None = None, progress=None) -> dict:
-    """Compress the ONNX file `src` into `dst` (written atomically); return the report."""
+                  report_path: str | os.PathLike | None = None, progress=None,
+                  calib: str | os.PathLike | None = None) -> dict:
+    """Compress the ONNX file `src` into `dst` (written atomically); return the report.
+
+    `calib` (an .npz of model inputs) makes the budget mode measure per-layer
+    sensitivity on it (see `onnxjpq.budget`).
+    """
     dst = check_output_path(src, dst)
     if report_path is not None:
         check_output_path(src, report_path)
     model = load_model(src)
-    out, report = compress_model(model, config, selection, output, progress)
+    if calib is not None:
+        if not isinstance(config, AnncConfig):
+            raise OptionError("calibration data is used by the budget mode: give a rate or a size")
+        from .budget import compress_calibrated
+        from .validate import load_dataset, session
+        data = load_dataset(calib, session(model))
+        out, report = compress_calibrated(model, config, selection, output, data, progress)
+    else:
+        out, report = compress_model(model, config, selection, output, progress)
     bytes_out = save_model(out, dst)
     bytes_in = file_bytes(src)
     report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)

@@ -29,6 +29,7 @@ class LayerPlan:
     keep_survivors: bool = True
     fixed: bool = False  # kept at 8 bits, outside the solves (--keep)
     predicted_prune_ratio: float = 0.0  # the Laplace model's ratio for this layer
+    max_code: int | None = None  # codes clipped to [-max_code, max_code]; None = no clip
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,12 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 
 def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float,
-                   keep_survivors: bool = True) -> np.ndarray:
+                   keep_survivors: bool = True, max_code: int | None = None) -> np.ndarray:
     """Integer codes of `w` on the grid `step`; pruned weights (mask False) get 0.
 
     With `keep_survivors`, a kept weight that would round to 0 gets ±1 instead,
-    so the prune ratio asked for is the ratio stored.
+    so the prune ratio asked for is the ratio stored. `max_code` clips the
+    codes (a clipped range trades the largest weights' error for finer steps).
 
     >>> quantize_codes(np.array([0.1, -0.26, 0.9]), np.array([True, True, False]), 0.2).tolist()
     [1, -1, 0]
@@ -35,6 +36,8 @@ def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float,
     q = np.floor(np.abs(w) / step + 0.5)
     if keep_survivors:
         q = np.maximum(q, 1.0)
+    if max_code is not None:
+        q = np.minimum(q, max_code)
     return (np.sign(w) * q * mask).astype(np.int32)
 
 

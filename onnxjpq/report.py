@@ -62,12 +62,20 @@ def entropy_bits(n: int, kept: int) -> float:
     return float(n * -(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
 
 
+def storage_bits(codes: np.ndarray, axis: int | None, groups: int = 1) -> tuple[int, int, int]:
+    """(value, index, parameter) bits of a layer's codes, as storage_rate counts them."""
+    nz = codes != 0
+    chan_codes = to_channels(np.abs(codes), axis, groups)
+    widths = code_width(chan_codes.max(axis=1))
+    value_bits = int((to_channels(nz, axis, groups).sum(axis=1) * widths).sum())
+    nonzero = int(nz.sum())
+    return value_bits, index_bits(nz, value_bits / nonzero if nonzero else 0.0), 32 + 4 * chan_codes.shape[0]
+
+
 def layer_row(layer, plan, codes: np.ndarray, container: str, fit) -> LayerRow:
     """Measure one compressed layer from the codes actually stored."""
     nz = codes != 0
-    chan_codes = to_channels(np.abs(codes), layer.axis, layer.groups)
-    widths = code_width(chan_codes.max(axis=1))
-    value_bits = int((to_channels(nz, layer.axis, layer.groups).sum(axis=1) * widths).sum())
+    value_bits, idx_bits, param_bits = storage_bits(codes, layer.axis, layer.groups)
     nonzero = int(nz.sum())
     bits = value_bits / nonzero if nonzero else 0.0
     err = dequantize(codes, plan.step) - layer.values
@@ -77,7 +85,7 @@ def layer_row(layer, plan, codes: np.ndarray, container: str, fit) -> LayerRow:
         predicted_prune_ratio=plan.predicted_prune_ratio, bits=bits, container=container,
         step=plan.step, laplace_scale=fit.scale, laplace_ks=fit.ks,
         mse=float(np.mean(err.astype(np.float64) ** 2)), value_bits=value_bits,
-        index_bits=index_bits(nz, bits), param_bits=32 + 4 * chan_codes.shape[0],
+        index_bits=idx_bits, param_bits=param_bits,
         entropy_index_bits=entropy_bits(codes.size, nonzero))
 
 

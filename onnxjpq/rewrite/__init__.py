@@ -18,4 +18,4 @@ FORMATS = ("qdq", "float", "sparse")
 
 def layer_codes(layer: WeightLayer, plan: LayerPlan) -> np.ndarray:
     """The integer codes the plan assigns to `layer`'s weights."""
-    return quantize_codes(layer.values, plan.mask, plan.step, plan.keep_survivors)
+    return quantize_codes(layer.values, plan.mask, plan.step, plan.keep_survivors, plan.max_code)

@@ -1,0 +1,249 @@
+"""Per-layer sparsity and bit-width under a model-size budget (ANNC-style allocation).
+
+ANNC's constraint Σ_i b_i·‖W_i‖_0 ≤ B_s, solved post-training as an allocation
+problem (METHODS.md §3, §6). Each layer i chooses one option (s, b): prune the
+fraction s of its smallest weights, quantize the rest with b-bit symmetric codes
+(|q| ≤ 2^{b−1}−1) on one step, whose clipping range is picked to minimise the
+measured error. An option costs the bits the report's storage_rate counts:
+
+    c_i(s, b) = N_i(1−s)·b + I_i(s, b) + 32 + 4·C_i   (values, index, step, widths)
+
+and has distortion D_i(s, b): the squared error of the pruned weights (exact,
+from prefix sums of sorted w²) plus the measured rounding error of the kept ones.
+With layer weights g_i (1/‖W_i‖² data-free, so relative errors add up as they do
+through a network; times a measured sensitivity with calibration data):
+
+    minimise Σ g_i·D_i(s_i, b_i)  subject to  Σ c_i(s_i, b_i) ≤ budget,
+
+solved by Lagrangian relaxation (each layer takes argmin g_iD_i + μc_i, μ found
+by bisection) and finished with ANNC's greedy: upgrades in decreasing ΔD/Δc
+while they fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import OptionError
+from ..plan import CompressionPlan, LayerPlan, WeightArray
+from ..quant import quantize_codes, to_channels
+from ..report import storage_bits
+from .opq import magnitude_mask
+
+SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975)
+CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+_SAMPLE = 1 << 15
+
+
+@dataclass(frozen=True)
+class AnncConfig:
+    """Budget mode: reach `rate` (storage rate, x) or `size_kb` (weight storage) at least error.
+
+    min_bits/max_bits bound each layer's code width; pow2 restricts widths to
+    2, 4, 8 (DJPQ's power-of-two option); max_prune bounds each layer's sparsity.
+    """
+
+    rate: float | None = None
+    size_kb: float | None = None
+    min_bits: int = 2
+    max_bits: int = 8
+    pow2: bool = False
+    max_prune: float = 0.975
+    version: int = 1
+
+    def __post_init__(self):
+        if (self.rate is None) == (self.size_kb is None):
+            raise OptionError("give exactly one budget: a rate or a size")
+        if self.rate is not None and not self.rate > 1:
+            raise OptionError(f"rate must be above 1, got {self.rate}")
+        if self.size_kb is not None and not self.size_kb > 0:
+            raise OptionError(f"size must be positive, got {self.size_kb} KB")
+        if not 2 <= self.min_bits <= self.max_bits <= 8:
+            raise OptionError(f"bit range must satisfy 2 <= min <= max <= 8, got {self.min_bits}..{self.max_bits}")
+        if not 0 <= self.max_prune < 1:
+            raise OptionError(f"max prune must be in [0, 1), got {self.max_prune}")
+
+    def bit_choices(self) -> tuple[int, ...]:
+        bits = range(self.min_bits, self.max_bits + 1)
+        return tuple(b for b in bits if not self.pow2 or b & (b - 1) == 0)
+
+    def sparsities(self) -> tuple[float, ...]:
+        return tuple(s for s in SPARSITIES if s <= self.max_prune)
+
+    def budget_bits(self, total_params: int) -> float:
+        return 32 * total_params / self.rate if self.rate else self.size_kb * 8192
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """The (sparsity, bits) choices of one layer with their step, clip, distortion and cost."""
+
+    sparsity: np.ndarray
+    bits: np.ndarray
+    step: np.ndarray
+    max_code: np.ndarray
+    distortion: np.ndarray
+    cost: np.ndarray
+
+
+def index_cost(n: int, kept: int, width: float) -> float:
+    """Expected bits of the cheaper of a bitmask and a relative index (runs ~ geometric)."""
+    if kept in (0, n):
+        return 0.0
+    q = kept / n
+    best = float(n)
+    for r in range(1, 9):
+        x = (1 - q) ** (2**r)
+        fillers = kept * x / (1 - x)
+        best = min(best, (kept + fillers) * r + fillers * width)
+    return best
+
+
+def _rounding_error(kept: np.ndarray, amax: float, bits: int) -> tuple[float, float]:
+    """Least squared error over the clip ratios, and its step, for b-bit codes of `kept`."""
+    m = 2 ** (bits - 1) - 1
+    steps = np.array(CLIP_RATIOS) * amax / m
+    q = np.clip(np.floor(kept[:, None] / steps + 0.5), 1, m)
+    err = ((kept[:, None] - q * steps) ** 2).sum(axis=0)
+    best = int(np.argmin(err))
+    return float(err[best]), float(steps[best])
+
+
+def layer_options(values: np.ndarray, n_channels: int, sparsities: Sequence[float],
+                  bits: Sequence[int]) -> LayerOptions:
+    """Distortion and cost of every (sparsity, bits) option of one layer."""
+    a = np.sort(np.abs(values.astype(np.float64).ravel()))
+    n, amax = a.size, float(a[-1]) if a.size else 0.0
+    pruned_sq = np.concatenate([[0.0], np.cumsum(a * a)])
+    stride = max(1, -(-n // _SAMPLE))
+    sample = a[::stride]
+    rows = []
+    for s in sparsities:
+        k = int(round(s * n))
+        kept = sample[-(-k // stride):]
+        scale = (n - k) / max(kept.size, 1)
+        for b in bits:
+            err, step = _rounding_error(kept, amax, b) if kept.size and amax > 0 else (0.0, 0.0)
+            cost = (n - k) * b + index_cost(n, n - k, b) + 32 + 4 * n_channels
+            rows.append((s, b, step, 2 ** (b - 1) - 1, pruned_sq[k] + err * scale, cost))
+    cols = list(zip(*rows))
+    return LayerOptions(*(np.array(c) for c in cols))
+
+
+def layer_codes(layer: WeightArray, plan: LayerPlan) -> np.ndarray:
+    return quantize_codes(layer.values, plan.mask, plan.step, plan.keep_survivors, plan.max_code)
+
+
+def _choose(options: list[LayerOptions], weights: np.ndarray, mu: float) -> list[int]:
+    return [int(np.argmin(w * o.distortion + mu * o.cost)) for o, w in zip(options, weights)]
+
+
+def _total_cost(options: list[LayerOptions], choice: list[int]) -> float:
+    return float(sum(o.cost[c] for o, c in zip(options, choice)))
+
+
+def allocate(options: list[LayerOptions], weights: np.ndarray, budget: float) -> list[int]:
+    """Option index per layer minimising Σ w_i·D_i within `budget` bits."""
+    cheapest = [int(np.argmin(o.cost)) for o in options]
+    if _total_cost(options, cheapest) > budget:
+        raise OptionError(f"budget unreachable: the smallest allocation needs "
+                          f"{_total_cost(options, cheapest) / 8192:.1f} KB, the budget is {budget / 8192:.1f} KB")
+    lo, hi = -80.0, 80.0  # log μ: at hi every layer takes its cheapest option
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if _total_cost(options, _choose(options, weights, np.exp(mid))) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    choice = _choose(options, weights, np.exp(hi))
+    if _total_cost(options, choice) > budget:
+        choice = cheapest
+    return _greedy_fill(options, weights, budget, choice)
+
+
+def _greedy_fill(options: list[LayerOptions], weights: np.ndarray, budget: float,
+                 choice: list[int]) -> list[int]:
+    """ANNC's finish: apply the upgrade with the best error drop per bit while one fits."""
+    choice = list(choice)
+    slack = budget - _total_cost(options, choice)
+    while True:
+        best, best_gain = None, 0.0
+        for i, (o, w) in enumerate(zip(options, weights)):
+            extra = o.cost - o.cost[choice[i]]
+            drop = w * (o.distortion[choice[i]] - o.distortion)
+            ok = (extra <= slack) & (drop > 0)
+            if not ok.any():
+                continue
+            gain = np.where(ok, drop / np.maximum(extra, 1e-9), -np.inf)
+            j = int(np.argmax(gain))
+            if gain[j] > best_gain:
+                best, best_gain = (i, j), gain[j]
+        if best is None:
+            return choice
+        i, j = best
+        slack -= options[i].cost[j] - options[i].cost[choice[i]]
+        choice[i] = j
+
+
+def uniform_choice(options: list[LayerOptions], weights: np.ndarray, budget: float) -> int | None:
+    """The single option index (same sparsity and bits everywhere) with least error in budget."""
+    feasible = [j for j in range(len(options[0].cost)) if sum(o.cost[j] for o in options) <= budget]
+    if not feasible:
+        return None
+    return min(feasible, key=lambda j: sum(w * o.distortion[j] for o, w in zip(options, weights)))
+
+
+def _layer_plan(layer: WeightArray, options: LayerOptions, j: int) -> LayerPlan:
+    k = int(round(options.sparsity[j] * layer.values.size))
+    return LayerPlan(layer.name, magnitude_mask(layer.values, k), float(options.step[j]) or 1.0,
+                     max_code=int(options.max_code[j]), predicted_prune_ratio=float(options.sparsity[j]))
+
+
+def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozenset[str] = frozenset(),
+               reserved_bits: float = 0.0, total_params: int | None = None,
+               sensitivity: dict[str, float] | None = None) -> CompressionPlan:
+    """Masks, steps and clips for `layers` within the budget.
+
+    `reserved_bits` are spent elsewhere (weights left in float); layers named
+    in `fixed` stay dense at 8 bits. `sensitivity` multiplies each layer's weight.
+    """
+    total_params = total_params or sum(l.values.size for l in layers)
+    budget = config.budget_bits(total_params) - reserved_bits
+    plans, free = {}, []
+    for layer in layers:
+        n_channels = to_channels(layer.values, layer.axis, layer.groups).shape[0]
+        if layer.name in fixed:
+            amax = float(np.abs(layer.values).max(initial=0.0))
+            plans[layer.name] = LayerPlan(layer.name, np.ones(layer.values.shape, bool), amax / 127 or 1.0,
+                                          fixed=True)
+            budget -= layer.values.size * 8 + 32 + 4 * n_channels
+        else:
+            free.append((layer, n_channels))
+    options = [layer_options(l.values, c, config.sparsities(), config.bit_choices()) for l, c in free]
+    energy = np.array([max(float((l.values.astype(np.float64) ** 2).sum()), 1e-30) for l, _ in free])
+    sens = np.array([(sensitivity or {}).get(l.name, 1.0) for l, _ in free])
+    weights = sens / energy
+    choice, target = [], budget
+    for _ in range(6):  # the index cost is an estimate: measure, and tighten until the budget holds
+        choice = allocate(options, weights, target) if free else []
+        layer_plans = [_layer_plan(l, o, j) for (l, _), o, j in zip(free, options, choice)]
+        measured = sum(sum(storage_bits(layer_codes(l, p), l.axis, l.groups)) for (l, _), p in zip(free, layer_plans))
+        if measured <= budget:
+            break
+        target -= 1.05 * (measured - budget) + 8
+    plans.update((p.name, p) for p in layer_plans)
+    uniform = uniform_choice(options, weights, budget) if free else None
+    diagnostics = {
+        "budget_bits": budget + reserved_bits,
+        "allocated_bits": measured + (config.budget_bits(total_params) - reserved_bits - budget) if free else 0.0,
+        "predicted_distortion": float(sum(w * o.distortion[j] for o, w, j in zip(options, weights, choice))),
+        "uniform_predicted_distortion": (None if uniform is None else
+                                         float(sum(w * o.distortion[uniform] for o, w in zip(options, weights)))),
+        "uniform_choice": (None if uniform is None else
+                           {"prune": float(options[0].sparsity[uniform]), "bits": int(options[0].bits[uniform])}),
+    }
+    return CompressionPlan(tuple(plans[l.name] for l in layers), "annc", diagnostics)
+
