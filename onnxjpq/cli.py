@@ -70,6 +70,29 @@ def _selection(include, exclude, keep, min_params):
     return Selection(_split(include), _split(exclude), keep, min_params)
 
 
+def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits, pow2,
+                   max_drop, data_path):
+    """The config of the one mode the options ask for: OPQ, budget, or accuracy search."""
+    from .errors import OptionError
+    from .methods.annc import AnncConfig
+    from .methods.opq import OpqConfig
+    from .search import SearchConfig
+
+    modes = [name for name, given in (("--prune/--bits", prune is not None or bits is not None),
+                                      ("--rate/--size-kb", rate is not None or size_kb is not None),
+                                      ("--max-drop", max_drop is not None)) if given]
+    if len(modes) > 1:
+        raise OptionError(f"{' and '.join(modes)} are different modes: give one of them")
+    if (max_drop is None) != (data_path is None):
+        raise OptionError("--max-drop and --data go together")
+    if max_drop is not None:
+        return SearchConfig(max_drop=max_drop, data_path=data_path)
+    if rate is not None or size_kb is not None:
+        return AnncConfig(rate=rate, size_kb=size_kb, min_bits=min_bits, max_bits=max_bits, pow2=pow2)
+    return OpqConfig(prune=0.0 if prune is None else prune, bits=8.0 if bits is None else bits,
+                     prune_mode=prune_mode, keep_survivors=keep_survivors)
+
+
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
@@ -86,6 +109,11 @@ def _selection(include, exclude, keep, min_params):
 @click.option("--pow2-bits", is_flag=True, help="Budget mode: only 2, 4 or 8-bit codes.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Budget mode: .npz of model inputs to measure each layer's sensitivity on.")
+@click.option("--max-drop", type=float, default=None,
+              help="Search the highest rate losing at most this many accuracy points on --data "
+                   "(agreement points with the fp32 model when the data has no labels).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False),
+              help="With --max-drop: .npz of model inputs (and labels) to measure on.")
 @click.option("--prune-mode", type=click.Choice(["laplace", "exact"]), default="laplace", show_default=True,
               help="laplace: OPQ's per-layer ratios from the Laplace fit; exact: global magnitude.")
 @click.option("--keep-survivors/--no-keep-survivors", default=True, show_default=True,
@@ -99,8 +127,8 @@ def _selection(include, exclude, keep, min_params):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @_user_errors
-def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, calib, prune_mode,
-             keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, quiet):
+def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, calib, max_drop, data_path,
+             prune_mode, keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, quiet):
     """Prune and quantize the weights of SRC into a new ONNX file.
 
     Give --prune/--bits for the analytic OPQ solve, or --rate/--size-kb for
@@ -109,24 +137,20 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     from rich.progress import track
 
     from .compress import OutputConfig, compress_file
-    from .errors import OptionError
-    from .methods.annc import AnncConfig
-    from .methods.opq import OpqConfig
     from .report import print_report
 
-    if rate is not None or size_kb is not None:
-        if prune is not None or bits is not None:
-            raise OptionError("--prune/--bits and --rate/--size-kb are two modes: give one of them")
-        config = AnncConfig(rate=rate, size_kb=size_kb, min_bits=min_bits, max_bits=max_bits, pow2=pow2_bits)
-    else:
-        config = OpqConfig(prune=0.0 if prune is None else prune, bits=8.0 if bits is None else bits,
-                           prune_mode=prune_mode, keep_survivors=keep_survivors)
+    config = _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
+                            pow2_bits, max_drop, data_path)
     selection = _selection(include, exclude, keep, min_params)
     console = _console(quiet)
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
                            report_path=report_path, progress=None if quiet else progress, calib=calib)
     print_report(report, console)
+    if "search" in report:
+        found = report["search"]
+        console.print(f"searched {len(found['evaluations'])} rates: highest within {found['max_drop']:g} "
+                      f"{found['metric']} points: storage rate {report['totals']['storage_rate']:.1f}x")
     console.print(f"wrote {dst}")
 
 

@@ -182,6 +182,26 @@ def _check(model: onnx.ModelProto, runtime: bool) -> None:
             ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _run(model, config, selection, output, progress, calib):
+    """Dispatch on the config: a plain solve, a calibrated budget, or an accuracy search."""
+    from .search import SearchConfig
+    from .validate import load_dataset, session
+
+    if isinstance(config, SearchConfig):
+        from .search import search_rate
+        if calib is not None:
+            raise OptionError("--max-drop measures on --data; --calib is not used with it")
+        data = load_dataset(config.data_path, session(model))
+        return search_rate(model, config, data, selection, output)
+    if calib is not None:
+        if not isinstance(config, AnncConfig):
+            raise OptionError("calibration data is used by the budget mode: give a rate or a size")
+        from .budget import compress_calibrated
+        return compress_calibrated(model, config, selection, output, load_dataset(calib, session(model)),
+                                   progress)
+    return compress_model(model, config, selection, output, progress)
+
+
 def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
                   config: OpqConfig | AnncConfig = OpqConfig(),
                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
@@ -196,15 +216,7 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
     if report_path is not None:
         check_output_path(src, report_path)
     model = load_model(src)
-    if calib is not None:
-        if not isinstance(config, AnncConfig):
-            raise OptionError("calibration data is used by the budget mode: give a rate or a size")
-        from .budget import compress_calibrated
-        from .validate import load_dataset, session
-        data = load_dataset(calib, session(model))
-        out, report = compress_calibrated(model, config, selection, output, data, progress)
-    else:
-        out, report = compress_model(model, config, selection, output, progress)
+    out, report = _run(model, config, selection, output, progress, calib)
     bytes_out = save_model(out, dst)
     bytes_in = file_bytes(src)
     report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
