@@ -44,6 +44,7 @@ class AnncConfig:
 
     min_bits/max_bits bound each layer's code width; pow2 restricts widths to
     2, 4, 8 (DJPQ's power-of-two option); max_prune bounds each layer's sparsity.
+    uniform: the baseline allocation, one sparsity and bit-width for every layer.
     """
 
     rate: float | None = None
@@ -52,6 +53,7 @@ class AnncConfig:
     max_bits: int = 8
     pow2: bool = False
     max_prune: float = 0.975
+    uniform: bool = False
     version: int = 1
 
     def __post_init__(self):
@@ -196,6 +198,16 @@ def uniform_choice(options: list[LayerOptions], weights: np.ndarray, budget: flo
     return min(feasible, key=lambda j: sum(w * o.distortion[j] for o, w in zip(options, weights)))
 
 
+def _allocate_or_uniform(options: list[LayerOptions], weights: np.ndarray, budget: float,
+                         uniform: bool) -> list[int]:
+    if not uniform:
+        return allocate(options, weights, budget)
+    j = uniform_choice(options, weights, budget)
+    if j is None:
+        raise OptionError(f"budget unreachable with one setting for every layer ({budget / 8192:.1f} KB)")
+    return [j] * len(options)
+
+
 def _layer_plan(layer: WeightArray, options: LayerOptions, j: int) -> LayerPlan:
     k = int(round(options.sparsity[j] * layer.values.size))
     return LayerPlan(layer.name, magnitude_mask(layer.values, k), float(options.step[j]) or 1.0,
@@ -228,7 +240,7 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
     weights = sens / energy
     choice, target = [], budget
     for _ in range(6):  # the index cost is an estimate: measure, and tighten until the budget holds
-        choice = allocate(options, weights, target) if free else []
+        choice = _allocate_or_uniform(options, weights, target, config.uniform) if free else []
         layer_plans = [_layer_plan(l, o, j) for (l, _), o, j in zip(free, options, choice)]
         measured = sum(sum(storage_bits(layer_codes(l, p), l.axis, l.groups)) for (l, _), p in zip(free, layer_plans))
         if measured <= budget:

@@ -1,0 +1,104 @@
+"""Budget mode (ANNC-style allocation): options, allocation, budgets, and the bundled CNN."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxjpq import OptionError, Selection
+from onnxjpq.compress import compress_model
+from onnxjpq.io import load_model
+from onnxjpq.methods.annc import (AnncConfig, allocate, index_cost, layer_options, solve_annc,
+                                  uniform_choice)
+from onnxjpq.report import index_bits
+from onnxjpq.testing import laplace
+from onnxjpq.validate import accuracy, load_dataset, predict, session
+
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class _Layer:
+    def __init__(self, name, values):
+        self.name, self.values, self.axis, self.groups = name, values, 0, 1
+
+
+def _layers(seed=0):
+    return [_Layer(f"w{i}", laplace(shape, scale, seed + i)) for i, (shape, scale) in
+            enumerate([((16, 27), 0.2), ((64, 144), 0.05), ((128, 256), 0.02), ((10, 128), 0.1)])]
+
+
+def test_options_cost_falls_with_sparsity_and_bits():
+    o = layer_options(laplace((64, 64)), 64, [0.0, 0.5, 0.9], [2, 4, 8])
+    cost = o.cost.reshape(3, 3)
+    assert (np.diff(cost, axis=1) > 0).all()  # more bits cost more
+    assert (np.diff(cost[:, -1]) < 0).all()  # more sparsity costs less at 8 bits
+
+
+def test_options_distortion_falls_with_bits():
+    o = layer_options(laplace((64, 64)), 64, [0.0], [2, 3, 4, 6, 8])
+    assert (np.diff(o.distortion) < 0).all()
+
+
+def test_index_cost_estimate_is_close_to_measured_on_random_masks():
+    rng = np.random.default_rng(0)
+    for keep in (0.05, 0.3, 0.7):
+        mask = rng.random(20000) < keep
+        measured = index_bits(mask, 3)
+        assert abs(index_cost(mask.size, int(mask.sum()), 3) - measured) <= 0.05 * measured + 64
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(4, 40), st.integers(0, 3))
+def test_allocation_meets_the_budget_and_beats_uniform(rate, seed):
+    layers = _layers(seed)
+    plan = solve_annc(layers, AnncConfig(rate=rate))
+    d = plan.diagnostics
+    assert d["allocated_bits"] <= d["budget_bits"] + 1e-6
+    if d["uniform_predicted_distortion"] is not None:
+        assert d["predicted_distortion"] <= d["uniform_predicted_distortion"] + 1e-12
+
+
+def test_allocate_refuses_an_unreachable_budget():
+    o = [layer_options(laplace((32, 32)), 32, [0.0, 0.5], [2, 8])]
+    with pytest.raises(OptionError, match="unreachable"):
+        allocate(o, np.ones(1), 10.0)
+
+
+def test_uniform_choice_is_the_same_option_everywhere():
+    layers = _layers()
+    plan = solve_annc(layers, AnncConfig(rate=10, uniform=True))
+    ratios = {round(1 - p.mask.mean(), 2) for p in plan.layers}
+    codes = {p.max_code for p in plan.layers}
+    assert len(ratios) == 1 and len(codes) == 1
+
+
+def test_pow2_restricts_code_widths():
+    plan = solve_annc(_layers(), AnncConfig(rate=12, pow2=True))
+    assert {p.max_code for p in plan.layers} <= {1, 7, 127}
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(rate=8, size_kb=3), dict(rate=1.0), dict(size_kb=-1),
+                                    dict(rate=8, min_bits=1), dict(rate=8, min_bits=6, max_bits=4)])
+def test_bad_budget_configs_are_refused(kwargs):
+    with pytest.raises(OptionError):
+        AnncConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_rate_16_on_the_cnn_keeps_accuracy_and_beats_uniform():
+    model = load_model(MODELS / "lenet5.onnx")
+    data = load_dataset(MODELS / "lenet5_test.npz", session(model))
+    reference = predict(session(model), data)
+    results = {}
+    for uniform in (False, True):
+        out, report = compress_model(model, AnncConfig(rate=16, uniform=uniform), Selection())
+        logits = predict(session(out), data)
+        error = float(((logits - reference) ** 2).sum() / (reference**2).sum())
+        results[uniform] = (accuracy(logits, data.labels), error, report["totals"]["storage_rate"])
+    fp32 = accuracy(reference, data.labels)
+    assert results[False][2] >= 16 and results[True][2] >= 16
+    assert results[False][0] >= fp32 - 1.0
+    assert results[False][1] < results[True][1]

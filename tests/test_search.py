@@ -1,0 +1,52 @@
+"""Accuracy-aware search (--max-drop) on the bundled CNN."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxjpq import OptionError
+from onnxjpq.cli import main
+from onnxjpq.io import load_model
+from onnxjpq.search import SearchConfig, search_rate
+from onnxjpq.validate import Dataset, load_dataset, predict, session
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.mark.slow
+def test_max_drop_cli_returns_a_model_within_the_drop(tmp_path):
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["compress", str(MODELS / "lenet5.onnx"), "-o", str(out), "--max-drop",
+                                       "0.5", "--data", str(MODELS / "lenet5_test.npz"), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "storage rate" in result.output
+    data = np.load(MODELS / "lenet5_test.npz")
+    ref = session(str(MODELS / "lenet5.onnx")).run(None, {"input": data["input"]})[0].argmax(1)
+    cand = session(str(out)).run(None, {"input": data["input"]})[0].argmax(1)
+    drop = 100 * ((ref == data["labels"]).mean() - (cand == data["labels"]).mean())
+    assert drop <= 0.5
+    search = json.loads(report.read_text())["search"]
+    assert search["chosen_rate"] >= 8
+    assert all(e["ok"] == (e["drop"] <= 0.5) for e in search["evaluations"] if "drop" in e)
+
+
+@pytest.mark.slow
+def test_search_without_labels_measures_agreement():
+    model = load_model(MODELS / "lenet5.onnx")
+    labelled = load_dataset(MODELS / "lenet5_test.npz", session(model))
+    data = Dataset(labelled.inputs, None)
+    out, report = search_rate(model, SearchConfig(max_drop=1.0), data)
+    assert report["search"]["metric"] == "agreement"
+    ref = predict(session(model), data).argmax(1)
+    agreement = 100 * (predict(session(out), data).argmax(1) == ref).mean()
+    assert agreement >= 99.0
+
+
+def test_search_config_is_checked():
+    with pytest.raises(OptionError):
+        SearchConfig(max_drop=-1)
+    with pytest.raises(OptionError):
+        SearchConfig(max_drop=1, start_rate=600)
