@@ -71,7 +71,7 @@ def _selection(include, exclude, keep, min_params):
 
 
 def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits, pow2,
-                   max_drop, data_path):
+                   objective, max_drop, data_path):
     """The config of the one mode the options ask for: OPQ, budget, or accuracy search."""
     from .errors import OptionError
     from .methods.annc import AnncConfig
@@ -88,7 +88,8 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
     if max_drop is not None:
         return SearchConfig(max_drop=max_drop, data_path=data_path)
     if rate is not None or size_kb is not None:
-        return AnncConfig(rate=rate, size_kb=size_kb, min_bits=min_bits, max_bits=max_bits, pow2=pow2)
+        return AnncConfig(rate=rate, size_kb=size_kb, min_bits=min_bits, max_bits=max_bits, pow2=pow2,
+                          objective=objective)
     return OpqConfig(prune=0.0 if prune is None else prune, bits=8.0 if bits is None else bits,
                      prune_mode=prune_mode, keep_survivors=keep_survivors)
 
@@ -107,6 +108,8 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
 @click.option("--min-bits", type=int, default=2, show_default=True, help="Budget mode: narrowest code.")
 @click.option("--max-bits", type=int, default=8, show_default=True, help="Budget mode: widest code.")
 @click.option("--pow2-bits", is_flag=True, help="Budget mode: only 2, 4 or 8-bit codes.")
+@click.option("--objective", type=click.Choice(["size", "bops"]), default="size", show_default=True,
+              help="Budget mode: --rate is a storage rate (size) or a BOPs reduction (bops).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Budget mode: .npz of model inputs to measure each layer's sensitivity on.")
 @click.option("--max-drop", type=float, default=None,
@@ -127,7 +130,8 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @_user_errors
-def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, calib, max_drop, data_path,
+def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib, max_drop,
+             data_path,
              prune_mode, keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, quiet):
     """Prune and quantize the weights of SRC into a new ONNX file.
 
@@ -140,7 +144,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     from .report import print_report
 
     config = _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
-                            pow2_bits, max_drop, data_path)
+                            pow2_bits, objective, max_drop, data_path)
     selection = _selection(include, exclude, keep, min_params)
     console = _console(quiet)
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))

@@ -15,6 +15,7 @@ from . import __version__
 from .errors import ModelError, OptionError
 from .io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
 from .layers import Selection, WeightLayer, find_layers, kept_names
+from .macs import layer_macs, tensor_shapes
 from .methods.annc import AnncConfig, solve_annc
 from .methods.opq import OpqConfig, solve_opq
 from .opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, default_opset, upgrade
@@ -115,12 +116,17 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: di
     return out
 
 
-def _solve(layers, config: OpqConfig | AnncConfig, fixed: frozenset[str], float_params: int,
-           output: OutputConfig, sensitivity: dict | None) -> CompressionPlan:
+def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed: frozenset[str],
+           float_params: int, output: OutputConfig, sensitivity: dict | None) -> CompressionPlan:
     if isinstance(config, AnncConfig):
         total = sum(l.values.size for l in layers) + float_params
-        return solve_annc(layers, config, fixed, reserved_bits=32.0 * float_params, total_params=total,
-                          sensitivity=sensitivity)
+        macs = None
+        if config.objective == "bops":
+            shapes = tensor_shapes(model)
+            macs = {l.name: layer_macs(l, shapes) for l in layers}
+        reserved = 0.0 if config.objective == "bops" else 32.0 * float_params
+        return solve_annc(layers, config, fixed, reserved=reserved, total_params=total,
+                          sensitivity=sensitivity, macs=macs)
     if output.format != "qdq" or not output.int4:
         config = replace(config, fit_int4=False)
     return solve_opq(layers, config, fixed)
@@ -137,13 +143,13 @@ def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqC
     _, layers, skipped = _find(model, selection)
     fixed = kept_names(layers, selection)
     float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
-    plan = _solve(layers, config, fixed, float_params, output, sensitivity)
+    plan = _solve(model, layers, config, fixed, float_params, output, sensitivity)
     notes: list[str] = []
     if not plan.diagnostics.get("bits_target_met", True):
         notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
     model, int4 = _prepare_opset(model, plan, layers, output, notes)
     graph, layers, skipped = _find(model, selection)  # re-read: the opset upgrade made a new graph
-    plans = plan.by_name()
+    plans, shapes = plan.by_name(), tensor_shapes(model)
     rows, int4_names = [], []
     for layer in (progress(layers) if progress else layers):
         p = plans[layer.name]
@@ -152,7 +158,8 @@ def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqC
         else:
             container, names = apply_qdq(graph, layer, p, allow_int4=int4)
             int4_names += names
-        rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values)))
+        rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values),
+                              layer_macs(layer, shapes)))
     settings = {"method": plan.method, "config": asdict(config), "selection": asdict(selection),
                 "output": asdict(output), "kept_8bit": sorted(fixed), "notes": notes,
                 "onnxjpq_version": __version__}

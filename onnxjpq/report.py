@@ -37,6 +37,8 @@ class LayerRow:
     index_bits: int
     param_bits: int
     entropy_index_bits: float
+    macs: int | None = None  # dense multiply-accumulates per sample
+    bops: float | None = None  # MACs of the kept weights x weight bits x activation bits
 
 
 def index_bits(nonzero_mask: np.ndarray, value_width: float) -> int:
@@ -72,7 +74,8 @@ def storage_bits(codes: np.ndarray, axis: int | None, groups: int = 1) -> tuple[
     return value_bits, index_bits(nz, value_bits / nonzero if nonzero else 0.0), 32 + 4 * chan_codes.shape[0]
 
 
-def layer_row(layer, plan, codes: np.ndarray, container: str, fit) -> LayerRow:
+def layer_row(layer, plan, codes: np.ndarray, container: str, fit, macs: int | None = None,
+              activation_bits: int = 32) -> LayerRow:
     """Measure one compressed layer from the codes actually stored."""
     nz = codes != 0
     value_bits, idx_bits, param_bits = storage_bits(codes, layer.axis, layer.groups)
@@ -86,7 +89,8 @@ def layer_row(layer, plan, codes: np.ndarray, container: str, fit) -> LayerRow:
         step=plan.step, laplace_scale=fit.scale, laplace_ks=fit.ks,
         mse=float(np.mean(err.astype(np.float64) ** 2)), value_bits=value_bits,
         index_bits=idx_bits, param_bits=param_bits,
-        entropy_index_bits=entropy_bits(codes.size, nonzero))
+        entropy_index_bits=entropy_bits(codes.size, nonzero), macs=macs,
+        bops=None if macs is None else macs * nonzero / codes.size * bits * activation_bits)
 
 
 def totals(rows: list[LayerRow], float_params: int, bytes_in: int, bytes_out: int,
@@ -98,6 +102,9 @@ def totals(rows: list[LayerRow], float_params: int, bytes_in: int, bytes_out: in
     value = sum(r.value_bits for r in rows) + 32 * float_params
     storage = value + sum(r.index_bits + r.param_bits for r in rows)
     entropy = value + sum(r.entropy_index_bits + r.param_bits for r in rows)
+    known = [r for r in rows if r.macs is not None]
+    macs = sum(r.macs for r in known)
+    bops = sum(r.bops for r in known)
     return {
         "layers": len(rows),
         "params": params,
@@ -108,6 +115,9 @@ def totals(rows: list[LayerRow], float_params: int, bytes_in: int, bytes_out: in
         "storage_rate": 32 * params / storage if storage else 0.0,
         "entropy_storage_rate": 32 * params / entropy if entropy else 0.0,
         "float_params": float_params,
+        "macs": macs if known else None,
+        "bops": bops if known else None,
+        "bops_ratio": 1024 * macs / bops if known and bops else None,
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "file_ratio": bytes_in / bytes_out if bytes_out else 0.0,
@@ -143,7 +153,8 @@ def print_report(report: dict, console) -> None:
     console.print(
         f"params {t['params']:,}  nonzero {t['nonzero']:,}  pruned {t['prune_ratio']:.2%}  "
         f"avg bits {t['avg_bits']:.2f}  rate {t['rate']:.1f}x  storage rate {t['storage_rate']:.1f}x  "
-        f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({t['file_ratio']:.1f}x smaller)")
+        f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({t['file_ratio']:.1f}x smaller)"
+        + (f"  BOPs {t['bops_ratio']:.1f}x fewer" if t.get("bops_ratio") else ""))
     for note in report["settings"].get("notes", []):
         console.print(f"[yellow]note:[/yellow] {note}")
 

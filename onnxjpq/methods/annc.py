@@ -22,7 +22,7 @@ while they fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +36,7 @@ from .opq import magnitude_mask
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975)
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 _SAMPLE = 1 << 15
+ACTIVATION_BITS = 32  # float activations; BOPs count MACs x weight bits x activation bits
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class AnncConfig:
     min_bits/max_bits bound each layer's code width; pow2 restricts widths to
     2, 4, 8 (DJPQ's power-of-two option); max_prune bounds each layer's sparsity.
     uniform: the baseline allocation, one sparsity and bit-width for every layer.
+    objective: "size" (rate = storage rate) or "bops" (rate = BOPs reduction vs fp32,
+    DJPQ eq. 16: MACs of kept weights x weight bits x activation bits).
     """
 
     rate: float | None = None
@@ -54,6 +57,7 @@ class AnncConfig:
     pow2: bool = False
     max_prune: float = 0.975
     uniform: bool = False
+    objective: str = "size"
     version: int = 1
 
     def __post_init__(self):
@@ -67,6 +71,10 @@ class AnncConfig:
             raise OptionError(f"bit range must satisfy 2 <= min <= max <= 8, got {self.min_bits}..{self.max_bits}")
         if not 0 <= self.max_prune < 1:
             raise OptionError(f"max prune must be in [0, 1), got {self.max_prune}")
+        if self.objective not in ("size", "bops"):
+            raise OptionError(f"objective must be 'size' or 'bops', got {self.objective!r}")
+        if self.objective == "bops" and self.rate is None:
+            raise OptionError("the BOPs objective takes a rate (BOPs reduction), not a size")
 
     def bit_choices(self) -> tuple[int, ...]:
         bits = range(self.min_bits, self.max_bits + 1)
@@ -75,7 +83,10 @@ class AnncConfig:
     def sparsities(self) -> tuple[float, ...]:
         return tuple(s for s in SPARSITIES if s <= self.max_prune)
 
-    def budget_bits(self, total_params: int) -> float:
+    def budget(self, total_params: int, total_macs: int = 0) -> float:
+        """Storage bits, or BOPs for the BOPs objective (fp32: 1024 x MACs)."""
+        if self.objective == "bops":
+            return 1024 * total_macs / self.rate
         return 32 * total_params / self.rate if self.rate else self.size_kb * 8192
 
 
@@ -214,48 +225,76 @@ def _layer_plan(layer: WeightArray, options: LayerOptions, j: int) -> LayerPlan:
                      max_code=int(options.max_code[j]), predicted_prune_ratio=float(options.sparsity[j]))
 
 
+def _fixed_plan(layer: WeightArray) -> LayerPlan:
+    amax = float(np.abs(layer.values).max(initial=0.0))
+    return LayerPlan(layer.name, np.ones(layer.values.shape, bool), amax / 127 or 1.0, fixed=True)
+
+
+def _storage_cost(layer: WeightArray, plan: LayerPlan) -> float:
+    return float(sum(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups)))
+
+
+def _bops_cost(macs: int, plan: LayerPlan, layer: WeightArray) -> float:
+    codes = layer_codes(layer, plan)
+    value_bits = storage_bits(codes, layer.axis, layer.groups)[0]
+    return macs * value_bits / codes.size * ACTIVATION_BITS
+
+
 def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozenset[str] = frozenset(),
-               reserved_bits: float = 0.0, total_params: int | None = None,
-               sensitivity: dict[str, float] | None = None) -> CompressionPlan:
+               reserved: float = 0.0, total_params: int | None = None,
+               sensitivity: dict[str, float] | None = None, macs: dict[str, int | None] | None = None
+               ) -> CompressionPlan:
     """Masks, steps and clips for `layers` within the budget.
 
-    `reserved_bits` are spent elsewhere (weights left in float); layers named
-    in `fixed` stay dense at 8 bits. `sensitivity` multiplies each layer's weight.
+    `reserved` is budget spent elsewhere (weights left in float); layers named
+    in `fixed` stay dense at 8 bits. `sensitivity` multiplies each layer's
+    weight. `macs` (dense MACs per layer) is needed for the BOPs objective.
     """
+    bops = config.objective == "bops"
+    if bops and (not macs or any(macs.get(l.name) is None for l in layers)):
+        raise OptionError("the BOPs objective needs every layer's MACs: shape inference could not find them")
     total_params = total_params or sum(l.values.size for l in layers)
-    budget = config.budget_bits(total_params) - reserved_bits
-    plans, free = {}, []
-    for layer in layers:
-        n_channels = to_channels(layer.values, layer.axis, layer.groups).shape[0]
-        if layer.name in fixed:
-            amax = float(np.abs(layer.values).max(initial=0.0))
-            plans[layer.name] = LayerPlan(layer.name, np.ones(layer.values.shape, bool), amax / 127 or 1.0,
-                                          fixed=True)
-            budget -= layer.values.size * 8 + 32 + 4 * n_channels
-        else:
-            free.append((layer, n_channels))
-    options = [layer_options(l.values, c, config.sparsities(), config.bit_choices()) for l, c in free]
-    energy = np.array([max(float((l.values.astype(np.float64) ** 2).sum()), 1e-30) for l, _ in free])
-    sens = np.array([(sensitivity or {}).get(l.name, 1.0) for l, _ in free])
-    weights = sens / energy
-    choice, target = [], budget
+    total = config.budget(total_params, sum(macs.values()) if bops else 0)
+
+    def cost(layer: WeightArray, plan: LayerPlan) -> float:
+        return _bops_cost(macs[layer.name], plan, layer) if bops else _storage_cost(layer, plan)
+
+    plans = {l.name: _fixed_plan(l) for l in layers if l.name in fixed}
+    free = [l for l in layers if l.name not in fixed]
+    budget = total - reserved - sum(cost(l, plans[l.name]) for l in layers if l.name in fixed)
+    options = [_options(l, config, macs[l.name] if bops else None) for l in free]
+    energy = np.array([max(float((l.values.astype(np.float64) ** 2).sum()), 1e-30) for l in free])
+    weights = np.array([(sensitivity or {}).get(l.name, 1.0) for l in free]) / energy
+    choice, target, spent = [], budget, 0.0
     for _ in range(6):  # the index cost is an estimate: measure, and tighten until the budget holds
         choice = _allocate_or_uniform(options, weights, target, config.uniform) if free else []
-        layer_plans = [_layer_plan(l, o, j) for (l, _), o, j in zip(free, options, choice)]
-        measured = sum(sum(storage_bits(layer_codes(l, p), l.axis, l.groups)) for (l, _), p in zip(free, layer_plans))
-        if measured <= budget:
+        free_plans = [_layer_plan(l, o, j) for l, o, j in zip(free, options, choice)]
+        spent = sum(cost(l, p) for l, p in zip(free, free_plans))
+        if spent <= budget:
             break
-        target -= 1.05 * (measured - budget) + 8
-    plans.update((p.name, p) for p in layer_plans)
-    uniform = uniform_choice(options, weights, budget) if free else None
-    diagnostics = {
-        "budget_bits": budget + reserved_bits,
-        "allocated_bits": measured + (config.budget_bits(total_params) - reserved_bits - budget) if free else 0.0,
+        target -= 1.05 * (spent - budget) + 8
+    plans.update((p.name, p) for p in free_plans)
+    return CompressionPlan(tuple(plans[l.name] for l in layers), "annc",
+                           _diagnostics(options, weights, choice, budget, total, spent + total - budget, config))
+
+
+def _options(layer: WeightArray, config: AnncConfig, macs: int | None) -> LayerOptions:
+    n_channels = to_channels(layer.values, layer.axis, layer.groups).shape[0]
+    options = layer_options(layer.values, n_channels, config.sparsities(), config.bit_choices())
+    if macs is None:
+        return options
+    return replace(options, cost=macs * (1 - options.sparsity) * options.bits * ACTIVATION_BITS)
+
+
+def _diagnostics(options, weights, choice, budget, total, spent, config) -> dict:
+    uniform = uniform_choice(options, weights, budget) if options else None
+    return {
+        "objective": config.objective,
+        "budget": total,
+        "allocated": spent,
         "predicted_distortion": float(sum(w * o.distortion[j] for o, w, j in zip(options, weights, choice))),
         "uniform_predicted_distortion": (None if uniform is None else
                                          float(sum(w * o.distortion[uniform] for o, w in zip(options, weights)))),
         "uniform_choice": (None if uniform is None else
                            {"prune": float(options[0].sparsity[uniform]), "bits": int(options[0].bits[uniform])}),
     }
-    return CompressionPlan(tuple(plans[l.name] for l in layers), "annc", diagnostics)
-
