@@ -112,6 +112,15 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
               help="Budget mode: --rate is a storage rate (size) or a BOPs reduction (bops).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Budget mode: .npz of model inputs to measure each layer's sensitivity on.")
+@click.option("--activations", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+              help="int8: also quantize activations (full QDQ model, integer kernels), calibrated on --calib.")
+@click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="onnxruntime calibrator for the activation ranges.")
+@click.option("--act-snr", type=float, default=25.0, show_default=True,
+              help="Keep the most harmful activations in float until the output SNR (dB) vs the "
+                   "weight-compressed float model reaches this.")
+@click.option("--weights-qdq", is_flag=True,
+              help="With --activations int8: weights as float -> QuantizeLinear -> DequantizeLinear pairs.")
 @click.option("--max-drop", type=float, default=None,
               help="Search the highest rate losing at most this many accuracy points on --data "
                    "(agreement points with the fp32 model when the data has no labels).")
@@ -130,8 +139,8 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @_user_errors
-def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib, max_drop,
-             data_path,
+def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
+             activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path,
              prune_mode, keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, quiet):
     """Prune and quantize the weights of SRC into a new ONNX file.
 
@@ -140,6 +149,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     """
     from rich.progress import track
 
+    from .activations import ActivationConfig
     from .compress import OutputConfig, compress_file
     from .report import print_report
 
@@ -148,7 +158,9 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     selection = _selection(include, exclude, keep, min_params)
     console = _console(quiet)
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))
-    report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
+    act = (ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq)
+           if activations == "int8" else None)
+    report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4, activations=act),
                            report_path=report_path, progress=None if quiet else progress, calib=calib)
     print_report(report, console)
     if "search" in report:

@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from . import __version__
+from .activations import ActivationConfig
 from .errors import ModelError, OptionError
 from .io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
 from .layers import Selection, WeightLayer, find_layers, kept_names
@@ -31,11 +32,13 @@ from .stats import laplace_fit
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """How the compressed weights are stored: format qdq|float|sparse, int4 allowed or not."""
+    """How the compressed weights are stored: format qdq|float|sparse, int4 allowed or not;
+    `activations` asks for a full QDQ model with quantized activations (needs calibration data)."""
 
     format: str = "qdq"
     int4: bool = True
     check_runtime: bool = True
+    activations: ActivationConfig | None = None
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -194,6 +197,16 @@ def _run(model, config, selection, output, progress, calib):
     from .search import SearchConfig
     from .validate import load_dataset, session
 
+    if output.activations is not None:
+        if calib is None:
+            raise OptionError("activation quantization needs calibration data (--calib DATA.npz)")
+        if isinstance(config, SearchConfig):
+            raise OptionError("--max-drop searches weight compression only; drop --activations")
+        from .activations import compress_with_activations
+        out, report = compress_with_activations(model, config, selection, output,
+                                                load_dataset(calib, session(model)), progress)
+        _check(out, output.check_runtime)
+        return out, report
     if isinstance(config, SearchConfig):
         from .search import search_rate
         if calib is not None:

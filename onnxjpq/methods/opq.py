@@ -267,7 +267,8 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
         "laplace_threshold_prune_ratio": float((all_w <= threshold).mean()) if all_w.size and target else 0.0,
         "target_prune_ratio_solved_layers": target,
         "step_scale_factor": factor,
-        "bits_target_met": abs(packed_bits(stats, steps, config.keep_survivors) - config.bits) <= 0.05,
+        "bits_target_met": (config.bits >= 7.5  # 8 packed bits needs every channel's code >= 64
+                            or abs(packed_bits(stats, steps, config.keep_survivors) - config.bits) <= 0.05),
         "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
     }
     plans = tuple(LayerPlan(l.name, m, float(st), config.keep_survivors, l.name in fixed, float(pr))

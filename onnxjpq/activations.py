@@ -1,0 +1,253 @@
+"""Activation quantization: a full QDQ model that onnxruntime runs with integer kernels.
+
+onnxruntime.quantization places the QuantizeLinear/DequantizeLinear pairs
+(the standard QDQ placement: uint8 activations, int8 weights, zero point 0,
+accepted by TensorRT, OpenVINO and QNN) and calibrates the activation ranges
+(MinMax, Entropy or Percentile). The weights keep onnxjpq's codes exactly: each
+compressed weight gets a tensor override with its step as scale.
+
+Static int8 collapses some real models (activation outliers in transformers
+and 1-D conv nets), so the effect of each quantized activation is measured on
+the calibration data (the SQNR of its own quantization, from one run that
+exposes every candidate tensor), and the most harmful ones are kept in float
+(bisection on how many) until the output SNR against the weight-compressed
+float model reaches the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import OptionError
+from .validate import Dataset, session
+
+CALIBRATORS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """calibrate: onnxruntime calibrator; min_snr_db: output SNR vs the float model to reach;
+    samples: calibration inputs used; weights_qdq: weights as float -> Q -> DQ pairs."""
+
+    calibrate: str = "minmax"
+    min_snr_db: float = 25.0
+    samples: int = 128
+    weights_qdq: bool = False
+
+    def __post_init__(self):
+        if self.calibrate not in CALIBRATORS:
+            raise OptionError(f"calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrate!r}")
+        if self.samples < 1:
+            raise OptionError(f"calibration samples must be >= 1, got {self.samples}")
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a Dataset, in small batches."""
+
+    def __init__(self, data: Dataset, samples: int, batch: int = 8):
+        n = min(samples, len(data))
+        self._feeds = [{k: v[i:i + batch] for k, v in data.inputs.items()} for i in range(0, n, batch)]
+        self._next = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._next, None)
+
+    def rewind(self):
+        self._next = iter(self._feeds)
+
+    def __len__(self):
+        return len(self._feeds)
+
+
+def output_snr_db(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """10·log10(‖ref‖² / ‖ref − cand‖²) over all outputs.
+
+    >>> round(output_snr_db([np.ones(4)], [np.full(4, 1.1)]), 1)
+    20.0
+    """
+    signal = sum(float((r.astype(np.float64) ** 2).sum()) for r in reference)
+    noise = sum(float(((r.astype(np.float64) - c) ** 2).sum()) for r, c in zip(reference, candidate))
+    return float("inf") if noise == 0 else 10 * np.log10(signal / max(noise, 1e-300))
+
+
+def _calibrate_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _quantize(src: Path, dst: Path, cache: Path, data: Dataset, config: ActivationConfig,
+              steps: dict[str, float], exclude: list[str]) -> onnx.ModelProto:
+    overrides = {name: [{"scale": np.float32(step), "zero_point": np.int8(0)}] for name, step in steps.items()}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs advice on every call
+    try:
+        _quantize_static(src, dst, cache, data, config, overrides, exclude)
+    finally:
+        root.setLevel(level)
+    return onnx.load(str(dst))
+
+
+def _quantize_static(src, dst, cache, data, config, overrides, exclude) -> None:
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    quantize_static(str(src), str(dst), _Reader(data, config.samples), per_channel=False,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude, calibrate_method=_calibrate_method(config.calibrate),
+                    calibration_cache_path=str(cache),
+                    extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True,
+                                   "ActivationSymmetric": False, "AddQDQPairToWeight": config.weights_qdq})
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every main-graph node a name: nodes are excluded from quantization by name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
+
+
+def _quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[float, int]]:
+    """Activation tensor → (scale, zero point) of every QuantizeLinear on a non-constant input."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in qmodel.graph.initializer}
+    found = {}
+    for node in qmodel.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and node.input[1] in inits:
+            zero = int(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else 0
+            found[node.input[0]] = (float(inits[node.input[1]]), zero)
+    return found
+
+
+def _float_name(name: str, known: set[str]) -> str | None:
+    """The float model's name of a tensor of the QDQ model (a graph output gets renamed)."""
+    if name in known:
+        return name
+    base = name.removesuffix("_QuantizeLinear_Input")
+    return base if base in known else None
+
+
+def rank_by_harm(model: onnx.ModelProto, qparams: dict[str, tuple[float, int]], data: Dataset,
+                 samples: int = 8) -> list[tuple[str, float]]:
+    """Quantized activations with the SQNR (dB) of their own uint8 quantization, worst first."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {t for n in probe.graph.node for t in n.output} | {i.name for i in probe.graph.input}
+    qparams = {_float_name(n, known): v for n, v in qparams.items() if _float_name(n, known)}
+    outputs = {o.name for o in probe.graph.output}
+    names = [n for n in qparams if n not in outputs]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    feed = {k: v[:samples] for k, v in data.inputs.items()}
+    values = dict(zip([o.name for o in probe.graph.output], session(probe).run(None, feed)))
+    ranked = []
+    for name, (scale, zero) in qparams.items():
+        x = values[name].astype(np.float64)
+        q = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+        ranked.append((name, output_snr_db([x], [q])))
+    return sorted(ranked, key=lambda item: (item[1], item[0]))
+
+
+def _neighbours(model: onnx.ModelProto, tensors: list[str]) -> list[str]:
+    """Names of the nodes producing or consuming any of `tensors`."""
+    wanted = set(tensors)
+    return sorted({n.name for n in model.graph.node if wanted & (set(n.input) | set(n.output))})
+
+
+def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: Dataset,
+                         config: ActivationConfig = ActivationConfig(), exclude: tuple[str, ...] = (),
+                         progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Full QDQ version of a float `model` whose weights are multiples of `steps`.
+
+    Returns the model and what was done: activations quantized, kept float, SNRs.
+    """
+    model = _named(model)
+    feed = {k: v[:config.samples] for k, v in data.inputs.items()}
+    reference = session(model).run(None, feed)
+    with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
+        src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
+        onnx.save_model(model, str(src))
+
+        def attempt(kept: list[str]) -> tuple[onnx.ModelProto, float]:
+            qmodel = _quantize(src, dst, cache, data, config, steps, [*exclude, *_neighbours(model, kept)])
+            snr = output_snr_db(reference, session(qmodel).run(None, feed))
+            if progress:
+                progress(len(kept), snr)
+            return qmodel, snr
+
+        qmodel, snr = attempt([])
+        ranked = rank_by_harm(model, _quantized_tensors(qmodel), data)
+        kept: list[str] = []
+        if snr < config.min_snr_db:
+            qmodel, snr, kept = _bisect_float(attempt, [name for name, _ in ranked], config.min_snr_db)
+    info = {"calibrate": config.calibrate, "quantized": len(ranked) - len(kept), "kept_float": kept,
+            "output_snr_db": snr, "target_snr_db": config.min_snr_db,
+            "worst_sqnr_db": dict(ranked[:5])}
+    return qmodel, info
+
+
+def _bisect_float(attempt, ranked: list[str], target: float):
+    """Fewest worst-ranked activations to keep in float so that the SNR reaches `target`."""
+    lo, hi = 0, len(ranked)  # lo fails; hi: everything float
+    best = attempt(ranked)
+    if best[1] < target:
+        return (*best, ranked)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        result = attempt(ranked[:mid])
+        if result[1] >= target:
+            hi, best = mid, result
+        else:
+            lo = mid
+    return (*best, ranked[:hi])
+
+
+def compress_with_activations(model: onnx.ModelProto, weights_config, selection, output, calib: Dataset,
+                              progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Compress the weights (any method), then quantize the activations on `calib`.
+
+    Weights are kept as int8 codes on their own steps: int4 Conv/MatMul kernels
+    do not exist in onnxruntime, and speed is the point of this mode.
+    """
+    from dataclasses import replace
+
+    from .compress import compress_model
+
+    float_output = replace(output, format="float", int4=False, activations=None)
+    compressed, report = compress_model(model, weights_config, selection, float_output, progress)
+    steps = {row["name"]: row["step"] for row in report["layers"]}
+    skipped = {s["name"] for s in report["skipped"]}
+    exclude = tuple(n.name for n in _named(compressed).graph.node if skipped & set(n.input))
+    qmodel, info = quantize_activations(compressed, steps, calib, output.activations, exclude)
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(qmodel, key, getattr(compressed, key))
+    del qmodel.metadata_props[:]
+    qmodel.metadata_props.extend(compressed.metadata_props)
+    for row in report["layers"]:
+        row["container"] = "int8"
+        if row["bops"] is not None:
+            row["bops"] *= 8 / 32  # uint8 activations
+    total = report["totals"]
+    if total["bops"]:
+        total["bops"] = sum(row["bops"] for row in report["layers"] if row["bops"] is not None)
+        total["bops_ratio"] = 1024 * total["macs"] / total["bops"]
+    report["settings"]["activations"] = info
+    if info["output_snr_db"] < output.activations.min_snr_db:
+        report["settings"]["notes"].append(
+            f"activation SNR target {output.activations.min_snr_db:g} dB not reached even with every "
+            "activation in float")
+    elif info["kept_float"]:
+        report["settings"]["notes"].append(f"{len(info['kept_float'])} activations kept in float to reach "
+                                           f"{output.activations.min_snr_db:g} dB")
+    return qmodel, report
