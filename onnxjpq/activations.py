@@ -107,6 +107,25 @@ def _quantize_static(src, dst, cache, data, config, overrides, exclude) -> None:
                                    "ActivationSymmetric": False, "AddQDQPairToWeight": config.weights_qdq})
 
 
+def _preprocess(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """onnxruntime's recommended pre-processing (shape inference, constant folding, Identity
+    removal), so that every Conv/MatMul fuses with its Q/DQ pairs; saved at `path`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quant_pre_process(model, str(path), skip_symbolic_shape=True)
+    except Exception:  # pre-processing is an optimisation: quantize the model as it is
+        onnx.save_model(model, str(path))
+    finally:
+        root.setLevel(level)
+    processed = _named(onnx.load(str(path)))
+    onnx.save_model(processed, str(path))
+    return processed
+
+
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every main-graph node a name: nodes are excluded from quantization by name."""
     taken = {n.name for n in model.graph.node if n.name}
@@ -172,12 +191,11 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
 
     Returns the model and what was done: activations quantized, kept float, SNRs.
     """
-    model = _named(model)
     feed = {k: v[:config.samples] for k, v in data.inputs.items()}
     reference = session(model).run(None, feed)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
         src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
-        onnx.save_model(model, str(src))
+        model = _preprocess(model, src)
 
         def attempt(kept: list[str]) -> tuple[onnx.ModelProto, float]:
             qmodel = _quantize(src, dst, cache, data, config, steps, [*exclude, *_neighbours(model, kept)])

@@ -1,0 +1,79 @@
+"""--activations int8: full QDQ models from onnxruntime's calibrators with onnxjpq's weight codes."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxjpq import OpqConfig, OptionError, OutputConfig, Selection
+from onnxjpq.activations import ActivationConfig, compress_with_activations, output_snr_db
+from onnxjpq.cli import main
+from onnxjpq.compress import compress_model
+from onnxjpq.io import load_model
+from onnxjpq.validate import accuracy, load_dataset, predict, session
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    model = load_model(MODELS / "lenet5.onnx")
+    return model, load_dataset(MODELS / "lenet5_train.npz", session(model)), \
+        load_dataset(MODELS / "lenet5_test.npz", session(model))
+
+
+def _activation_quantizers(model: onnx.ModelProto) -> int:
+    inits = {t.name for t in model.graph.initializer}
+    return sum(n.op_type == "QuantizeLinear" and n.input[0] not in inits for n in model.graph.node)
+
+
+@pytest.mark.slow
+def test_full_qdq_keeps_weight_codes_and_accuracy(lenet):
+    model, calib, test = lenet
+    config = OpqConfig(prune=0.5, bits=4)
+    output = OutputConfig(activations=ActivationConfig())
+    qmodel, report = compress_with_activations(model, config, Selection(), output, calib)
+    assert _activation_quantizers(qmodel) >= 6
+    weights, _ = compress_model(model, config, Selection(), OutputConfig(format="float"))
+    floats = {t.name: onnx.numpy_helper.to_array(t) for t in weights.graph.initializer}
+    ints = {t.name: onnx.numpy_helper.to_array(t) for t in qmodel.graph.initializer}
+    for row in report["layers"]:
+        if row["name"] + "_quantized" in ints:
+            codes = ints[row["name"] + "_quantized"]
+            assert codes.dtype == np.int8
+            np.testing.assert_array_equal(codes.astype(np.float32) * np.float32(row["step"]), floats[row["name"]])
+    assert report["settings"]["activations"]["output_snr_db"] >= 25
+    fp32 = accuracy(predict(session(model), test), test.labels)
+    assert accuracy(predict(session(qmodel), test), test.labels) >= fp32 - 1.5
+
+
+@pytest.mark.slow
+def test_a_strict_target_keeps_the_worst_activations_in_float(lenet):
+    model, calib, _ = lenet
+    loose, _ = compress_with_activations(model, OpqConfig(bits=8), Selection(),
+                                         OutputConfig(activations=ActivationConfig(min_snr_db=10)), calib)
+    strict, report = compress_with_activations(model, OpqConfig(bits=8), Selection(),
+                                               OutputConfig(activations=ActivationConfig(min_snr_db=46)), calib)
+    info = report["settings"]["activations"]
+    assert info["kept_float"]
+    assert _activation_quantizers(strict) < _activation_quantizers(loose)
+    assert info["output_snr_db"] >= 46 or len(info["kept_float"]) == info["quantized"] + len(info["kept_float"])
+
+
+def test_output_snr_db_of_identical_outputs_is_infinite():
+    assert output_snr_db([np.ones(3)], [np.ones(3)]) == float("inf")
+
+
+def test_unknown_calibrator_is_refused():
+    with pytest.raises(OptionError):
+        ActivationConfig(calibrate="kmeans")
+
+
+def test_cli_activations_need_calibration_data(tmp_path):
+    result = CliRunner().invoke(main, ["compress", str(MODELS / "lenet5.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                       "--activations", "int8"])
+    assert result.exit_code == 2
+    assert "calibration data" in result.output
+    assert not (tmp_path / "o.onnx").exists()
