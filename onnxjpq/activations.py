@@ -74,7 +74,7 @@ def output_snr_db(reference: list[np.ndarray], candidate: list[np.ndarray]) -> f
     """
     signal = sum(float((r.astype(np.float64) ** 2).sum()) for r in reference)
     noise = sum(float(((r.astype(np.float64) - c) ** 2).sum()) for r, c in zip(reference, candidate))
-    return float("inf") if noise == 0 else 10 * np.log10(signal / max(noise, 1e-300))
+    return float("inf") if noise == 0 else float(10 * np.log10(signal / max(noise, 1e-300)))
 
 
 def _calibrate_method(name: str):
