@@ -31,6 +31,7 @@ import io
 import json
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,9 +220,11 @@ def _export_bytes(module) -> bytes:
     example = encode_sentences(["A short one.", "A slightly longer example sentence for the export."])
     dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES} | {OUTPUT_NAME: {0: "batch"}}
     buffer = io.BytesIO()
-    torch.onnx.export(module, tuple(torch.from_numpy(example[k]) for k in INPUT_NAMES), buffer,
-                      dynamo=False, opset_version=OPSET, input_names=list(INPUT_NAMES),
-                      output_names=[OUTPUT_NAME], dynamic_axes=dynamic, do_constant_folding=True)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, and what the brief asks for
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, tuple(torch.from_numpy(example[k]) for k in INPUT_NAMES), buffer,
+                          dynamo=False, opset_version=OPSET, input_names=list(INPUT_NAMES),
+                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic, do_constant_folding=True)
     model = onnx.load_from_string(buffer.getvalue())
     model.doc_string = f"sentence-transformers/all-MiniLM-L6-v2 from {DISTRIBUTION}, exported by onnxjpq.zoo"
     return model.SerializeToString(deterministic=True)
