@@ -7,10 +7,17 @@ from pathlib import Path
 
 from .compress import compress_file
 from .errors import ModelError
+from .methods.annc import AnncConfig
 from .methods.opq import OpqConfig
 from .validate import accuracy, load_dataset, predict, session
 
-DEMO_SETTINGS = ((0.5, 4.0), (0.8, 4.0), (0.9, 3.0))
+DEMO_SETTINGS = (
+    ("--prune 0.5 --bits 4", OpqConfig(prune=0.5, bits=4.0)),
+    ("--prune 0.8 --bits 4", OpqConfig(prune=0.8, bits=4.0)),
+    ("--prune 0.9 --bits 3", OpqConfig(prune=0.9, bits=3.0)),
+    ("--rate 16", AnncConfig(rate=16.0)),
+    ("--rate 24", AnncConfig(rate=24.0)),
+)
 
 
 def bundled_models_dir() -> Path:
@@ -34,11 +41,11 @@ def run_demo(models_dir=None, out_dir=None, settings=DEMO_SETTINGS) -> list[dict
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        for prune, bits in settings:
-            dst = folder / f"lenet5_p{int(prune * 100)}_b{bits:g}.onnx"
-            report = compress_file(src, dst, OpqConfig(prune=prune, bits=bits))
+        for i, (label, config) in enumerate(settings):
+            dst = folder / f"lenet5_{i}.onnx"
+            report = compress_file(src, dst, config)
             t = report["totals"]
-            rows.append({"setting": f"prune {prune:g}, bits {bits:g}", "prune_ratio": t["prune_ratio"],
+            rows.append({"setting": label, "prune_ratio": t["prune_ratio"],
                          "avg_bits": t["avg_bits"], "rate": t["rate"], "storage_rate": t["storage_rate"],
                          "bytes": t["bytes_out"],
                          "accuracy": accuracy(predict(session(dst), data), data.labels)})
