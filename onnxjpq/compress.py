@@ -135,6 +135,19 @@ def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed
     return solve_opq(layers, config, fixed)
 
 
+def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection: Selection = Selection(),
+               output: OutputConfig = OutputConfig(), sensitivity: dict[str, float] | None = None
+               ) -> CompressionPlan:
+    """Solve the masks and steps of a loaded model's weights (nothing is rewritten)."""
+    _, layers, skipped = _find(model, selection)
+    fixed = kept_names(layers, selection)
+    return _solve(model, layers, config, fixed, _float_params(skipped), output, sensitivity)
+
+
+def _float_params(skipped) -> int:
+    return sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
+
+
 def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqConfig(),
                    selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
                    progress=None, sensitivity: dict[str, float] | None = None) -> tuple[onnx.ModelProto, dict]:
@@ -143,13 +156,19 @@ def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqC
     `config` picks the method: OpqConfig (analytic OPQ) or AnncConfig (budget
     allocation, optionally weighted by per-layer `sensitivity`).
     """
-    _, layers, skipped = _find(model, selection)
-    fixed = kept_names(layers, selection)
-    float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
-    plan = _solve(model, layers, config, fixed, float_params, output, sensitivity)
-    notes: list[str] = []
+    plan = plan_model(model, config, selection, output, sensitivity)
+    notes = []
     if not plan.diagnostics.get("bits_target_met", True):
         notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
+    settings = {"method": plan.method, "config": asdict(config), "notes": notes}
+    return apply_plan(model, plan, selection, output, settings, progress)
+
+
+def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selection, output: OutputConfig,
+               settings: dict, progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Rewrite `model`'s weights as `plan` says (its masks and steps, the model's current values)."""
+    notes = settings.setdefault("notes", [])
+    _, layers, _ = _find(model, selection)
     model, int4 = _prepare_opset(model, plan, layers, output, notes)
     graph, layers, skipped = _find(model, selection)  # re-read: the opset upgrade made a new graph
     plans, shapes = plan.by_name(), tensor_shapes(model)
@@ -163,11 +182,10 @@ def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqC
             int4_names += names
         rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values),
                               layer_macs(layer, shapes)))
-    settings = {"method": plan.method, "config": asdict(config), "selection": asdict(selection),
-                "output": asdict(output), "kept_8bit": sorted(fixed), "notes": notes,
-                "onnxjpq_version": __version__}
-    total = totals(rows, float_params, 0, 0, plan.diagnostics)
-    metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True),
+    settings.update({"selection": asdict(selection), "output": asdict(output), "onnxjpq_version": __version__,
+                     "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
+    total = totals(rows, _float_params(skipped), 0, 0, plan.diagnostics)
+    metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
                 "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
                                               if not k.startswith(("bytes", "file"))}, sort_keys=True)}
     out = _export(graph, model, int4, metadata)
