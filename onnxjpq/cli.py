@@ -199,5 +199,39 @@ def demo(models_dir, out_dir):
     print_demo(run_demo(models_dir, out_dir), _console())
 
 
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help=".npz of training inputs (labels optional: without them, distil from SRC's outputs).")
+@click.option("--val", "val_path", type=click.Path(dir_okay=False), help=".npz to report accuracy on each epoch.")
+@click.option("--method", type=click.Choice(["masked"]), default="masked", show_default=True,
+              help="masked: OPQ's retraining with masks, steps and channel ranges frozen (STE).")
+@click.option("--prune", type=float, default=None, help="OPQ plan: global prune ratio.")
+@click.option("--bits", type=float, default=None, help="OPQ plan: average bits.")
+@click.option("--rate", type=float, default=None, help="Budget plan: storage rate (x).")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Checkpoint file, written after every epoch (default: DST.ckpt).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint of a killed run.")
+@_with_selection
+@click.option("--int4/--no-int4", default=True, show_default=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@_user_errors
+def finetune(src, dst, data_path, val_path, method, prune, bits, rate, epochs, lr, batch, optimizer,
+             checkpoint, resume, include, exclude, keep, min_params, int4, report_path):
+    """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
+    from .finetune.cli import run_finetune
+
+    config = _method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
+    run_finetune(src, dst, data_path, val_path, method, config, _selection(include, exclude, keep, min_params),
+                 dict(epochs=epochs, lr=lr, batch=batch, optimizer=optimizer,
+                      checkpoint=checkpoint or f"{dst}.ckpt", resume=resume),
+                 int4, report_path, _console())
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,96 @@
+"""Run an ONNX graph as a torch module whose parameters are its float initializers.
+
+Parameter names are the ONNX initializer names (in `module.weights`, a
+ParameterDict keyed by a safe alias), so trained values map straight back to
+the graph. Weight-producing Constant nodes become parameters too. A
+`weight_transform` hook (name -> function of the parameter) lets a method
+quantize or mask the weights in the forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from ..errors import ModelError
+from .ops import OPS
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        out[a.name] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+    return out
+
+
+class OnnxModule(nn.Module):
+    """The main graph of `model`, executed node by node with torch ops."""
+
+    def __init__(self, model: onnx.ModelProto, trainable: set[str] | None = None):
+        super().__init__()
+        graph = model.graph
+        missing = sorted({n.op_type for n in graph.node if n.op_type not in OPS and n.op_type != "Constant"})
+        if missing:
+            raise ModelError(f"fine-tuning cannot run ops {', '.join(missing)} yet")
+        values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.nodes = []
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute[0].name == "value":
+                values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            else:
+                self.nodes.append((node.op_type, list(node.input), list(node.output), _attrs(node)))
+        self.alias = {name: f"p{i}" for i, name in enumerate(values)}
+        self.weights = nn.ParameterDict()
+        self.constants: dict[str, torch.Tensor] = {}
+        for name, array in values.items():
+            tensor = torch.from_numpy(np.array(array))
+            if tensor.is_floating_point() and (trainable is None or name in trainable):
+                self.weights[self.alias[name]] = nn.Parameter(tensor)
+            else:
+                self.constants[name] = tensor
+        init_names = set(values)
+        self.input_names = [i.name for i in graph.input if i.name not in init_names]
+        self.output_names = [o.name for o in graph.output]
+        self.weight_transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def parameter(self, name: str) -> nn.Parameter:
+        return self.weights[self.alias[name]]
+
+    def named_weights(self) -> dict[str, nn.Parameter]:
+        """ONNX name -> parameter, for the trainable tensors."""
+        return {name: self.weights[a] for name, a in self.alias.items() if a in self.weights}
+
+    def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        env: dict[str, torch.Tensor] = dict(self.constants)
+        for name, param in self.named_weights().items():
+            transform = self.weight_transform.get(name)
+            env[name] = transform(param) if transform else param
+        env.update(zip(self.input_names, inputs))
+        for op, ins, outs, attrs in self.nodes:
+            args = [env[i] if i else None for i in ins]
+            results = OPS[op](*args, attrs=attrs)
+            env.update(zip(outs, results))
+        return [env[name] for name in self.output_names]
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Current values of the trainable tensors, by ONNX name."""
+        return {name: p.detach().cpu().numpy() for name, p in self.named_weights().items()}
+
+
+def with_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers / Constant values named in `arrays` are replaced."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name in arrays:
+            tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name].astype(np.float32), tensor.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in arrays:
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(arrays[node.output[0]].astype(np.float32)))
+    return out

@@ -1,0 +1,101 @@
+"""The training loop shared by the fine-tuning methods: data, loss, schedule, checkpoints.
+
+With labels the loss is cross-entropy on the first output; without, the
+model is distilled from the original's outputs (mean squared error over all
+outputs), so unlabeled inputs are enough.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import OptionError
+from ..validate import Dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    lr: float = 1e-3
+    batch: int = 64
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    seed: int = 0
+    checkpoint: str | None = None  # saved after every epoch; --resume continues from it
+    resume: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch < 1 or not self.lr > 0:
+            raise OptionError("epochs and batch must be >= 1 and lr > 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise OptionError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
+
+
+def _loss(outputs: list[torch.Tensor], labels: torch.Tensor | None, targets: list[torch.Tensor]) -> torch.Tensor:
+    if labels is not None:
+        return F.cross_entropy(outputs[0].reshape(len(labels), -1), labels)
+    return sum(F.mse_loss(o, t) for o, t in zip(outputs, targets))
+
+
+def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: list[np.ndarray] | None = None,
+          on_epoch: Callable[[int, dict], None] | None = None, on_step: Callable[[], None] | None = None) -> list[dict]:
+    """Train `module` on `data`; returns one log entry per epoch (loss, and what on_epoch adds)."""
+    torch.manual_seed(config.seed)
+    optimizer = _optimizer(module.parameters(), config)
+    steps_per_epoch = math.ceil(len(data) / config.batch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / (config.epochs * steps_per_epoch))))
+    history, start = [], 0
+    if config.resume and config.checkpoint and Path(config.checkpoint).is_file():
+        state = torch.load(config.checkpoint, weights_only=False)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history, start = state["history"], state["epoch"] + 1
+    names = list(data.inputs)
+    for epoch in range(start, config.epochs):
+        order = np.random.default_rng(config.seed + epoch).permutation(len(data))
+        total = 0.0
+        module.train()
+        for i in range(0, len(data), config.batch):
+            idx = order[i:i + config.batch]
+            inputs = [torch.from_numpy(data.inputs[n][idx]) for n in names]
+            labels = torch.from_numpy(data.labels[idx]).long() if data.labels is not None else None
+            targets = [torch.from_numpy(t[idx]) for t in teacher] if teacher is not None else []
+            loss = _loss(module(*inputs), labels, targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+            if on_step:
+                on_step()
+        entry = {"epoch": epoch + 1, "loss": total / len(data)}
+        if on_epoch:
+            on_epoch(epoch, entry)
+        history.append(entry)
+        if config.checkpoint:
+            _save_checkpoint(config.checkpoint, {"epoch": epoch, "module": module.state_dict(),
+                                                 "optimizer": optimizer.state_dict(),
+                                                 "schedule": schedule.state_dict(), "history": history})
+    return history
