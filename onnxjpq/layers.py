@@ -17,6 +17,9 @@ import onnx_graphsurgeon as gs
 from .ops import OpSpec, weight_slot
 
 
+KEEP_SHARE = 0.10
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which weights to compress.
@@ -24,7 +27,8 @@ class Selection:
     include/exclude: glob patterns matched against weight and node names
     (empty include = all). keep: patterns, or the words "first" and "last",
     for layers kept dense at 8 bits; the default keeps the first and last
-    layer (the most sensitive ones) in models of three layers or more.
+    layer (the most sensitive ones) in models of three layers or more, when
+    each holds at most 10 % of the weights.
     min_params: smaller weights stay float.
     """
 
@@ -157,14 +161,14 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
 def kept_names(layers: list[WeightLayer], selection: Selection) -> frozenset[str]:
     """Names of the layers `selection.keep` holds at 8 bits ("first", "last", or patterns).
 
-    "first" and "last" apply only to models with three layers or more, so
-    that something is left to compress.
+    "first" and "last" apply to models of three layers or more, and only to a
+    layer holding at most KEEP_SHARE of the weights: keeping a dominant layer
+    dense would leave little to compress.
     """
-    keep = set()
-    if len(layers) >= 3 and "first" in selection.keep:
-        keep.add(layers[0].name)
-    if len(layers) >= 3 and "last" in selection.keep:
-        keep.add(layers[-1].name)
+    total = sum(l.values.size for l in layers)
+    ends = {"first": layers[:1], "last": layers[-1:]} if len(layers) >= 3 else {}
+    keep = {l.name for word, chosen in ends.items() if word in selection.keep
+            for l in chosen if l.values.size <= KEEP_SHARE * total}
     patterns = tuple(p for p in selection.keep if p not in ("first", "last"))
     keep |= {l.name for l in layers if _matches(patterns, [l.name, *l.node_names])}
     return frozenset(keep)

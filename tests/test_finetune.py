@@ -1,0 +1,101 @@
+"""Fine-tuning: the torch bridge reproduces onnxruntime, masked retraining recovers accuracy, runs resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from onnxjpq import ModelError, OpqConfig  # noqa: E402
+from onnxjpq.finetune.bridge import OnnxModule, with_weights  # noqa: E402
+from onnxjpq.finetune.masked import channel_limits  # noqa: E402
+from onnxjpq.finetune.run import finetune  # noqa: E402
+from onnxjpq.finetune.train import TrainConfig  # noqa: E402
+from onnxjpq.io import load_model  # noqa: E402
+from onnxjpq.testing import make_model  # noqa: E402
+from onnxjpq.validate import accuracy, load_dataset, predict, session  # noqa: E402
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300"])
+def test_bridge_matches_onnxruntime_on_the_bundled_models(name):
+    model = load_model(MODELS / f"{name}.onnx")
+    data = load_dataset(MODELS / f"{name}_test.npz", session(model))
+    module = OnnxModule(model)
+    with torch.no_grad():
+        out = module(torch.from_numpy(data.inputs["input"]))[0].numpy()
+    np.testing.assert_allclose(out, predict(session(model), data), atol=1e-4)
+
+
+def test_bridge_refuses_unsupported_ops_by_name():
+    model = make_model("""
+    agraph (float[1, 4] x) => (float[1, 4] y) {
+        y = Hardmax(x)
+    }""", {})
+    with pytest.raises(ModelError, match="Hardmax"):
+        OnnxModule(model)
+
+
+def test_with_weights_replaces_only_the_named_tensors():
+    model = load_model(MODELS / "lenet300.onnx")
+    new = with_weights(model, {"fc1.weight": np.zeros((300, 64), np.float32)})
+    values = {t.name: t for t in new.graph.initializer}
+    assert not np.frombuffer(values["fc1.weight"].raw_data, np.float32).any()
+    assert values["fc2.weight"] == {t.name: t for t in model.graph.initializer}["fc2.weight"]
+
+
+def test_channel_limits_broadcast_each_channels_largest_code():
+    codes = np.array([[1, -3, 0], [2, 0, -1]])
+    assert channel_limits(codes, 0).tolist() == [[3, 3, 3], [2, 2, 2]]
+    assert channel_limits(codes, None).tolist() == [[3, 3, 3], [3, 3, 3]]
+
+
+@pytest.mark.slow
+def test_masked_retraining_recovers_post_training_loss():
+    model = load_model(MODELS / "lenet5.onnx")
+    train = load_dataset(MODELS / "lenet5_train.npz", session(model))
+    test = load_dataset(MODELS / "lenet5_test.npz", session(model))
+    out, report = finetune(model, OpqConfig(prune=0.9, bits=3), train, TrainConfig(epochs=6, lr=0.01), val=test)
+    fp32 = accuracy(predict(session(model), test), test.labels)
+    before, after = report["finetune"]["accuracy_before"], accuracy(predict(session(out), test), test.labels)
+    assert before < fp32 - 2  # post-training loses more than 2 points here
+    assert after >= fp32 - 3 and after > before + 30
+    assert abs(report["totals"]["prune_ratio"] - 0.9) < 0.01 and abs(report["totals"]["avg_bits"] - 3) < 0.1
+    assert report["finetune"]["torch_vs_onnxruntime_max_abs"] < 1e-3
+
+
+def _finetune_cli(tmp_path: Path, dst: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "onnxjpq", "finetune", str(MODELS / "lenet300.onnx"), "-o", str(tmp_path / dst),
+            "--data", str(MODELS / "lenet300_train.npz"), "--prune", "0.8", "--bits", "4", *extra]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
+    straight = subprocess.run(_finetune_cli(tmp_path, "a.onnx", "--epochs", "12"), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    ckpt = tmp_path / "b.onnx.ckpt"
+    proc = subprocess.Popen(_finetune_cli(tmp_path, "b.onnx", "--epochs", "12"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "b.onnx").exists()
+    resumed = subprocess.run(_finetune_cli(tmp_path, "b.onnx", "--epochs", "12", "--resume"),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    result = subprocess.run(_finetune_cli(tmp_path, "c.onnx", "--resume"), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: --resume: no checkpoint")
