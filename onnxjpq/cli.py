@@ -108,8 +108,9 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
 @click.option("--min-bits", type=int, default=2, show_default=True, help="Budget mode: narrowest code.")
 @click.option("--max-bits", type=int, default=8, show_default=True, help="Budget mode: widest code.")
 @click.option("--pow2-bits", is_flag=True, help="Budget mode: only 2, 4 or 8-bit codes.")
-@click.option("--objective", type=click.Choice(["size", "bops"]), default="size", show_default=True,
-              help="Budget mode: --rate is a storage rate (size) or a BOPs reduction (bops).")
+@click.option("--objective", type=click.Choice(["size", "paper", "bops"]), default="size", show_default=True,
+              help="Budget mode: --rate is a storage rate (size), the papers' rate 32N/sum(bits x nonzero) "
+                   "(paper), or a BOPs reduction (bops).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Budget mode: .npz of model inputs to measure each layer's sensitivity on.")
 @click.option("--activations", type=click.Choice(["float", "int8"]), default="float", show_default=True,
@@ -205,12 +206,17 @@ def demo(models_dir, out_dir):
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
               help=".npz of training inputs (labels optional: without them, distil from SRC's outputs).")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False), help=".npz to report accuracy on each epoch.")
-@click.option("--method", type=click.Choice(["masked"]), default="masked", show_default=True,
-              help="masked: OPQ's retraining with masks, steps and channel ranges frozen (STE).")
-@click.option("--prune", type=float, default=None, help="OPQ plan: global prune ratio.")
-@click.option("--bits", type=float, default=None, help="OPQ plan: average bits.")
-@click.option("--rate", type=float, default=None, help="Budget plan: storage rate (x).")
-@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--method", type=click.Choice(["masked", "admm"]), default="masked", show_default=True,
+              help="masked: OPQ's retraining with masks, steps and channel ranges frozen (STE); "
+                   "admm: ANNC/progressive ADMM to --rate, then masked retraining.")
+@click.option("--prune", type=float, default=None, help="masked, OPQ plan: global prune ratio.")
+@click.option("--bits", type=float, default=None, help="masked, OPQ plan: average bits.")
+@click.option("--rate", type=float, default=None,
+              help="masked: budget plan's storage rate; admm: the papers' rate 32N/sum(bits x nonzero).")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Training epochs (admm: ADMM epochs).")
+@click.option("--retrain-epochs", type=int, default=10, show_default=True,
+              help="admm: masked retraining epochs after the final projection.")
+@click.option("--rho", type=float, default=1e-3, show_default=True, help="admm: initial penalty (x1.3 per epoch).")
 @click.option("--lr", type=float, default=1e-2, show_default=True)
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
@@ -221,16 +227,151 @@ def demo(models_dir, out_dir):
 @click.option("--int4/--no-int4", default=True, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @_user_errors
-def finetune(src, dst, data_path, val_path, method, prune, bits, rate, epochs, lr, batch, optimizer,
-             checkpoint, resume, include, exclude, keep, min_params, int4, report_path):
+def finetune(src, dst, data_path, val_path, method, prune, bits, rate, epochs, retrain_epochs, rho, lr, batch,
+             optimizer, checkpoint, resume, include, exclude, keep, min_params, int4, report_path):
     """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
+    from .errors import OptionError
     from .finetune.cli import run_finetune
 
-    config = _method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
+    if method == "admm":
+        from .finetune.admm import AdmmConfig
+        if rate is None or prune is not None or bits is not None:
+            raise OptionError("--method admm takes --rate (the papers' rate), not --prune/--bits")
+        config = AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, rho=rho)
+    else:
+        config = _method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
     run_finetune(src, dst, data_path, val_path, method, config, _selection(include, exclude, keep, min_params),
                  dict(epochs=epochs, lr=lr, batch=batch, optimizer=optimizer,
                       checkpoint=checkpoint or f"{dst}.ckpt", resume=resume),
                  int4, report_path, _console())
+
+
+def _progress(console, description: str):
+    """A progress-bar wrapper `(iterable, total) -> iterable` for the API's `progress` arguments
+    (None when stderr is not a terminal: no bar in logs and pipes)."""
+    from rich.progress import track
+
+    if not console.is_terminal or console.quiet:
+        return None
+    return lambda items, total: track(items, total=total, description=description, console=console,
+                                      transient=True)
+
+
+def _write_json(text: str, path, near) -> None:
+    from .io import check_output_path, write_text_atomic
+
+    write_text_atomic(check_output_path(near, path), text)
+
+
+@main.command("eval")
+@click.argument("ref", type=click.Path(dir_okay=False))
+@click.argument("cand", type=click.Path(dir_okay=False))
+@click.option("--data", "data", required=True,
+              help=".npz with one array per model input (and labels), or module:function returning or "
+                   "yielding feed dicts {input name: batch array, 'labels': optional}.")
+@click.option("--labels", "labels_key", default="labels", show_default=True,
+              help="Name of the labels array in the .npz (or key in each fed dict).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Samples per run (and in the timed batch).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="onnxruntime intra-op threads for both models (0: onnxruntime's default).")
+@click.option("--runs", type=int, default=50, show_default=True,
+              help="Timed runs of one batch per model, interleaved; 0 skips timing.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs before timing.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@_user_errors
+def eval_command(ref, cand, data, labels_key, json_path, batch, threads, runs, warmup, quiet):
+    """Compare CAND with REF in onnxruntime: accuracy, top-1 agreement, output SNR, latency, size."""
+    from .evaluate import EvalConfig, evaluate_files, print_evaluation, to_json
+
+    config = EvalConfig(batch=batch, threads=threads, runs=runs, warmup=warmup, labels_key=labels_key)
+    console = _console(quiet)
+    result = evaluate_files(ref, cand, data, config, _progress(console, "evaluating"))
+    print_evaluation(result, console)
+    if json_path:
+        _write_json(to_json(result), json_path, cand)
+        console.print(f"wrote {json_path}")
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    from .errors import OptionError
+    try:
+        return tuple(float(v) for v in _split((text,)))
+    except ValueError:
+        raise OptionError(f"{option} wants comma-separated numbers, got {text!r}") from None
+
+
+@main.command("sweep")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("--data", "data", required=True,
+              help=".npz of model inputs (and labels), or module:function yielding feed dicts.")
+@click.option("--prune", "prunes", default="0,0.5,0.8", show_default=True, help="Prune ratios, comma-separated.")
+@click.option("--bits", "bits", default="8,4,3", show_default=True, help="Bit-widths, comma-separated.")
+@click.option("--jobs", type=int, default=None, help="Worker processes [default: min(2, CPUs)].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="sweep", show_default=True,
+              help="Folder for sweep.csv, sweep.json, the figures and the compressed models.")
+@click.option("--labels", "labels_key", default="labels", show_default=True, help="Name of the labels array.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime run.")
+@click.option("--plot-point", default=None,
+              help="PRUNE,BITS of the per-layer figure [default: the highest rate within --plot-drop of fp32].")
+@click.option("--plot-drop", type=float, default=1.0, show_default=True,
+              help="Points of accuracy (agreement) the default per-layer figure's point may lose.")
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Draw the PNG figures (matplotlib).")
+@_user_errors
+def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plot_point, plot_drop, plot):
+    """Compress SRC at every --prune x --bits point, measure each on --data, plot the trade-off."""
+    from .sweep import SweepConfig, default_jobs, parse_point, plot_sweep_files, print_sweep, sweep
+
+    from pathlib import Path
+
+    config = SweepConfig(prunes=_floats(prunes, "--prune"), bits=_floats(bits, "--bits"),
+                         jobs=default_jobs() if jobs is None else jobs, batch=batch, labels_key=labels_key,
+                         plot_point=parse_point(plot_point) if plot_point else None, plot_drop=plot_drop)
+    if plot:
+        from .plots import require_matplotlib
+        require_matplotlib()
+    console = _console()
+    summary = sweep(src, data, out_dir, config, _progress(console, f"{len(config.grid())} points"))
+    print_sweep(summary, console)
+    written = ["sweep.csv", "sweep.json"]
+    if plot:
+        written += [p.name for p in plot_sweep_files(summary, Path(out_dir))]
+    console.print(f"wrote {', '.join(written)} and the models in {out_dir}")
+
+
+@main.command("sensitivity")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("--data", "data", required=True,
+              help=".npz of model inputs (and labels), or module:function yielding feed dicts.")
+@click.option("--prune", type=float, default=0.5, show_default=True, help="Prune ratio applied to each layer alone.")
+@click.option("--bits", type=float, default=4.0, show_default=True, help="Bits applied to each layer alone.")
+@click.option("--rank-by", type=click.Choice(["snr", "drop"]), default="snr", show_default=True,
+              help="snr: lowest output SNR first; drop: largest accuracy (agreement) drop first.")
+@click.option("--min-params", type=int, default=64, show_default=True, help="Weights with fewer values are skipped.")
+@click.option("--labels", "labels_key", default="labels", show_default=True, help="Name of the labels array.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime run.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the ranked layers as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw the ranked layers as a PNG.")
+@_user_errors
+def sensitivity_command(src, data, prune, bits, rank_by, min_params, labels_key, batch, json_path, plot_path):
+    """Compress one layer of SRC at a time and rank the layers by the damage each does alone."""
+    from .evaluate import to_json
+    from .sensitivity import SensitivityConfig, measure_sensitivity, print_sensitivity
+
+    config = SensitivityConfig(prune=prune, bits=bits, rank_by=rank_by, min_params=min_params, batch=batch,
+                               labels_key=labels_key)
+    if plot_path:
+        from .plots import require_matplotlib
+        require_matplotlib()
+    console = _console()
+    result = measure_sensitivity(src, data, config, _progress(console, "layers"))
+    print_sensitivity(result, console)
+    if json_path:
+        _write_json(to_json(result), json_path, src)
+        console.print(f"wrote {json_path}")
+    if plot_path:
+        from .plots import plot_sensitivity
+        console.print(f"wrote {plot_sensitivity(result, plot_path)}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,28 @@
-"""Running models in onnxruntime on .npz data: outputs, accuracy, agreement."""
+"""Running models in onnxruntime on data: sessions, datasets, batches, accuracy, latency.
+
+Data comes from an .npz file (one array per model input, samples stacked
+along axis 0, optional labels) or from a `module:function` entry point whose
+function returns or yields feed dicts (input name → batch array, optional
+labels under the labels key). Both are checked against the model's declared
+inputs (names, rank, fixed dimensions, dtype) with a one-line `DataError`.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import DataError
+from .errors import DataError, ModelError
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,42 @@ def load_dataset(path: str | os.PathLike, sess: ort.InferenceSession, labels_key
         lengths.add(len(labels))
     if len(lengths) != 1:
         raise DataError(f"{path}: arrays have different lengths along axis 0: {sorted(lengths)}")
+    check_inputs(inputs, sess, str(path))
     return Dataset(inputs, labels)
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _declared_dtype(arg) -> np.dtype | None:
+    """numpy dtype of an onnxruntime input type such as 'tensor(float)' (None if not a plain tensor)."""
+    match = re.fullmatch(r"tensor\((\w+)\)", arg.type or "")
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.DataType.Value(match[1].upper())))
+    except (TypeError, ValueError, KeyError):
+        return None
+    return None if dtype == np.object_ else dtype
+
+
+def check_inputs(arrays: dict[str, np.ndarray], sess: ort.InferenceSession, source: str) -> None:
+    """Each array must have its input's rank, declared fixed sizes (axis 0, the samples, aside) and dtype."""
+    for arg in sess.get_inputs():
+        array, declared = arrays[arg.name], arg.shape
+        if not isinstance(declared, list):
+            continue
+        expects = f"the model expects {arg.name} {_shape_text(declared)} (samples stacked along axis 0)"
+        if array.ndim != len(declared):
+            raise DataError(f"{source}: input {arg.name!r} has shape {list(array.shape)} (rank {array.ndim}); "
+                            + expects)
+        wrong = [i for i, (d, n) in enumerate(zip(declared, array.shape))
+                 if i > 0 and isinstance(d, int) and d > 0 and d != n]
+        if wrong:
+            raise DataError(f"{source}: input {arg.name!r} has shape {list(array.shape)}, size "
+                            f"{array.shape[wrong[0]]} on axis {wrong[0]}; " + expects)
+        dtype = _declared_dtype(arg)
+        if dtype is not None and array.dtype != dtype:
+            raise DataError(f"{source}: input {arg.name!r} is {array.dtype}; the model expects {dtype}")
 
 
 def predict(sess: ort.InferenceSession, data: Dataset, batch: int = 256, output: int = 0) -> np.ndarray:
@@ -68,3 +116,152 @@ def predict(sess: ort.InferenceSession, data: Dataset, batch: int = 256, output:
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy in percent."""
     return float((logits.reshape(len(labels), -1).argmax(axis=1) == labels).mean() * 100)
+
+
+def open_session(path: str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
+    """A session on an ONNX file, refusing unreadable files and models onnxruntime rejects as ModelError."""
+    from .io import load_model
+
+    load_model(path)  # a clear error for a missing, truncated or non-ONNX file
+    try:
+        return session(path, threads)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.NotImplemented,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: onnxruntime cannot load it ({first})") from None
+
+
+# ---------------------------------------------------------------- batches
+
+
+Labels = np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Re-iterable (feed, labels) batches; each pass reads the source again."""
+
+    make: Callable[[], Iterator[tuple[dict[str, np.ndarray], Labels]]]
+    samples: int | None  # None when the source cannot tell before it is read
+    count: int | None  # number of batches, likewise
+    labelled: bool | None  # whether labels come with the batches (None: not known before reading)
+
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], Labels]]:
+        return self.make()
+
+
+_ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def is_entry_point(spec: str | os.PathLike) -> bool:
+    """True for 'package.module:function' (and no file of that name)."""
+    return _ENTRY_POINT.fullmatch(str(spec)) is not None and not Path(spec).exists()
+
+
+def fixed_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch size the model's inputs fix on axis 0, or None when it is free."""
+    fixed = {arg.shape[0] for arg in sess.get_inputs()
+             if isinstance(arg.shape, list) and arg.shape and isinstance(arg.shape[0], int) and arg.shape[0] > 0}
+    if len(fixed) > 1:
+        raise ModelError(f"the model's inputs fix different batch sizes on axis 0: {sorted(fixed)}")
+    return fixed.pop() if fixed else None
+
+
+def open_batches(spec: str | os.PathLike, sess: ort.InferenceSession, batch: int = 64,
+                 labels_key: str = "labels") -> Batches:
+    """Batches of at most `batch` samples from an .npz file or a `module:function` entry point."""
+    fixed = fixed_batch(sess)
+    size = fixed or batch
+    if is_entry_point(spec):
+        func = _resolve(str(spec))
+        return Batches(lambda: _entry_batches(str(spec), func, sess, size, fixed is not None, labels_key),
+                       None, None, None)
+    data = load_dataset(spec, sess, labels_key)
+    if len(data) == 0:
+        raise DataError(f"{spec}: no samples")
+    if fixed and len(data) % fixed:
+        raise DataError(f"{spec}: {len(data)} samples do not split into the model's fixed batch size {fixed}")
+    return Batches(lambda: _slices(data, size), len(data), -(-len(data) // size), data.labels is not None)
+
+
+def _slices(data: Dataset, size: int) -> Iterator[tuple[dict[str, np.ndarray], Labels]]:
+    for start in range(0, len(data), size):
+        labels = None if data.labels is None else data.labels[start:start + size]
+        yield {k: v[start:start + size] for k, v in data.inputs.items()}, labels
+
+
+def _resolve(spec: str) -> Callable:
+    """Import `module:function`, the working folder first on the path (as `python -m` has it)."""
+    module_name, func_name = spec.split(":")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DataError(f"--data {spec}: neither a file nor an importable module ({exc})") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise DataError(f"--data {spec}: module {module_name} has no function {func_name}")
+    return func
+
+
+def _entry_batches(spec: str, func: Callable, sess: ort.InferenceSession, size: int, fixed: bool,
+                   labels_key: str) -> Iterator[tuple[dict[str, np.ndarray], Labels]]:
+    """The function's feed dicts, checked, split into batches of at most `size`."""
+    produced = func()
+    items: Iterable = [produced] if isinstance(produced, dict) else produced
+    names, labelled, seen = [arg.name for arg in sess.get_inputs()], None, 0
+    for i, item in enumerate(items):
+        where = f"--data {spec}, item {i}"
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a dict of input name -> array, got {type(item).__name__}")
+        unknown = sorted(set(item) - set(names) - {labels_key})
+        missing = [n for n in names if n not in item]
+        if unknown or missing:
+            raise DataError(f"{where}: keys {sorted(item)}; the model's inputs are {', '.join(names)}"
+                            f" (labels under {labels_key!r})")
+        if labelled is not None and labelled != (labels_key in item):
+            raise DataError(f"{where}: {labels_key!r} given for some batches and not others")
+        labelled = labels_key in item
+        feed = {n: np.asarray(item[n]) for n in names}
+        check_inputs(feed, sess, where)
+        labels = np.asarray(item[labels_key]) if labelled else None
+        lengths = {len(a) for a in feed.values()} | ({len(labels)} if labelled else set())
+        if len(lengths) != 1:
+            raise DataError(f"{where}: arrays have different lengths along axis 0: {sorted(lengths)}")
+        n = lengths.pop()
+        if fixed and n % size:
+            raise DataError(f"{where}: {n} samples do not split into the model's fixed batch size {size}")
+        for start in range(0, n, size):
+            yield ({k: v[start:start + size] for k, v in feed.items()},
+                   None if labels is None else labels[start:start + size])
+        seen += n
+    if seen == 0:
+        raise DataError(f"--data {spec}: the function gave no samples")
+
+
+# ---------------------------------------------------------------- latency
+
+
+def median_latency_ms(sessions: Sequence[ort.InferenceSession], feed: dict[str, np.ndarray], runs: int,
+                      warmup: int) -> list[float]:
+    """Median milliseconds of one run of `feed` on each session.
+
+    The sessions take turns run by run, so drift in the machine's speed
+    (clock, other load) falls on all of them alike.
+    """
+    for _ in range(warmup):
+        for sess in sessions:
+            sess.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for sess, spent in zip(sessions, times):
+            start = time.perf_counter()
+            sess.run(None, feed)
+            spent.append(time.perf_counter() - start)
+    return [float(np.median(spent)) * 1e3 for spent in times]

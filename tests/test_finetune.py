@@ -99,3 +99,27 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     result = subprocess.run(_finetune_cli(tmp_path, "c.onnx", "--resume"), capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: --resume: no checkpoint")
+
+
+@pytest.mark.slow
+def test_admm_reaches_rate_64_within_one_point(tmp_path):
+    from onnxjpq.finetune.admm import AdmmConfig
+
+    model = load_model(MODELS / "lenet5.onnx")
+    train = load_dataset(MODELS / "lenet5_train.npz", session(model))
+    test = load_dataset(MODELS / "lenet5_test.npz", session(model))
+    out, report = finetune(model, AdmmConfig(rate=64, epochs=15, retrain_epochs=8), train,
+                           TrainConfig(lr=0.01), method="admm", val=test)
+    fp32 = accuracy(predict(session(model), test), test.labels)
+    assert report["totals"]["rate"] >= 64
+    assert accuracy(predict(session(out), test), test.labels) >= fp32 - 1.0
+    assert [e["phase"] for e in report["finetune"]["history"]] == ["admm"] * 15 + ["masked"] * 8
+
+
+def test_admm_progressive_targets_rise_to_the_rate():
+    from onnxjpq.finetune.admm import AdmmConfig
+
+    config = AdmmConfig(rate=64, epochs=15)
+    rates = [config.rate_at(e) for e in range(16)]
+    assert rates[0] == 8 and rates[-1] == 64
+    assert all(a <= b for a, b in zip(rates, rates[1:]))

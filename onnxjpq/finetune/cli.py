@@ -27,14 +27,17 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
     train_config = TrainConfig(**train_options)
     if train_config.resume and not Path(train_config.checkpoint).is_file():
         raise OptionError(f"--resume: no checkpoint at {train_config.checkpoint}")
-    steps = train_config.epochs * -(-len(data) // train_config.batch)
+    if train_config.resume and method == "admm":
+        raise OptionError("--resume continues masked runs; ADMM state is not checkpointed yet")
+    epochs = train_config.epochs + (config.retrain_epochs if method == "admm" else 0)
+    steps = epochs * -(-len(data) // train_config.batch)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("fine-tuning", total=steps)
 
         def on_epoch(epoch: int, entry: dict) -> None:
-            progress.update(task, completed=(epoch + 1) * -(-len(data) // train_config.batch))
             acc = f"  accuracy {entry['accuracy']:.2f}%" if "accuracy" in entry else ""
-            console.print(f"epoch {entry['epoch']}/{train_config.epochs}  loss {entry['loss']:.4f}{acc}")
+            target = f"  target rate {entry['target_rate']:.1f}x" if "target_rate" in entry else ""
+            console.print(f"{entry.get('phase', '')} epoch {entry['epoch']}  loss {entry['loss']:.4f}{acc}{target}")
 
         out, report = finetune(model, config, data, train_config, method, selection, OutputConfig(int4=int4),
                                val, on_epoch, lambda: progress.advance(task))
@@ -45,7 +48,7 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
     print_report(report, console)
     ft = report["finetune"]
     if ft["accuracy_before"] is not None and ft["history"] and "accuracy" in ft["history"][-1]:
-        console.print(f"accuracy before fine-tuning {ft['accuracy_before']:.2f}%, after "
-                      f"{ft['history'][-1]['accuracy']:.2f}%")
+        console.print(f"accuracy: fp32 {ft['accuracy_fp32']:.2f}%, compressed before retraining "
+                      f"{ft['accuracy_before']:.2f}%, after {ft['history'][-1]['accuracy']:.2f}%")
     console.print(f"wrote {dst}")
     return report

@@ -6,15 +6,19 @@ import numpy as np
 import onnx
 import torch
 
-from ..compress import OutputConfig, apply_plan, find_model_layers, plan_model
+from dataclasses import asdict, replace
+
+from ..compress import _SELECTED_OUT, OutputConfig, apply_plan, find_model_layers, plan_model
 from ..errors import OptionError
 from ..layers import Selection
 from ..validate import Dataset, accuracy, predict, session
 from .bridge import OnnxModule, with_weights
+from ..layers import kept_names
+from .admm import AdmmConfig, AdmmState, project
 from .masked import masked_quantizer
 from .train import TrainConfig, train
 
-METHODS = ("masked",)
+METHODS = ("masked", "admm")
 
 
 def _evaluate(module: OnnxModule, data: Dataset, batch: int = 256) -> np.ndarray:
@@ -28,40 +32,85 @@ def _evaluate(module: OnnxModule, data: Dataset, batch: int = 256) -> np.ndarray
 def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainConfig = TrainConfig(),
              method: str = "masked", selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
              val: Dataset | None = None, on_epoch=None, on_step=None) -> tuple[onnx.ModelProto, dict]:
-    """Fine-tune `model` under the plan `config` solves (OPQ or budget) and rewrite it."""
+    """Fine-tune `model` and rewrite it.
+
+    masked: `config` (OpqConfig or AnncConfig) solves the plan, which stays frozen.
+    admm: `config` is an AdmmConfig; the plan comes from the final projection.
+    """
     if method not in METHODS:
         raise OptionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    plan = plan_model(model, config, selection, output)
-    layers, _ = find_model_layers(model, selection)
+    if (method == "admm") != isinstance(config, AdmmConfig):
+        raise OptionError("the admm method takes an ADMM config (a paper rate); masked takes --prune/--bits or --rate")
+    layers, skipped = find_model_layers(model, selection)
     module = OnnxModule(model)
-    plans = plan.by_name()
-    for layer in layers:
-        module.weight_transform[layer.name] = masked_quantizer(layer.values, plans[layer.name], layer.axis,
-                                                               layer.groups)
-    teacher = None if data.labels is not None else [np.concatenate([o]) for o in
-                                                      _all_outputs(model, data)]
+    teacher = None if data.labels is not None else _all_outputs(model, data)
     check = val if val is not None else data
+    history: list[dict] = []
 
     def log_epoch(epoch: int, entry: dict) -> None:
         if check.labels is not None:
             entry["accuracy"] = accuracy(_evaluate(module, check), check.labels)
+        entry["phase"] = phase
+        history.append(entry)
         if on_epoch:
-            on_epoch(epoch, entry)
+            on_epoch(len(history) - 1, entry)
 
-    before = accuracy(_evaluate(module, check), check.labels) if check.labels is not None else None
-    history = train(module, data, train_config, teacher, log_epoch, on_step)
+    labelled = check.labels is not None
+    fp32 = accuracy(_evaluate(module, check), check.labels) if labelled else None
+    if method == "admm":
+        phase = "admm"
+        plan = _admm_phase(module, layers, skipped, selection, config, data, train_config, teacher, log_epoch,
+                           on_step)
+        masked_config = replace(train_config, epochs=config.retrain_epochs, resume=False)
+    else:
+        plan, masked_config = plan_model(model, config, selection, output), train_config
+    phase = "masked"
+    _set_masks(module, layers, plan)
+    before = accuracy(_evaluate(module, check), check.labels) if labelled else None
+    if masked_config.epochs:
+        train(module, data, masked_config, teacher, log_epoch, on_step)
+    out, report = apply_plan(with_weights(model, _final_arrays(module)), plan, selection, output,
+                             {"method": method, "notes": []})
+    report["finetune"] = {"method": method, "config": asdict(config) if method == "admm" else None,
+                          "train": asdict(train_config), "history": history, "accuracy_fp32": fp32,
+                          "accuracy_before": before,
+                          "torch_vs_onnxruntime_max_abs": float(np.abs(_evaluate(module, check)
+                                                                        - predict(session(out), check)).max())}
+    return out, report
+
+
+def _set_masks(module: OnnxModule, layers, plan) -> None:
+    plans = plan.by_name()
+    for layer in layers:
+        values = module.parameter(layer.name).detach().numpy()
+        module.weight_transform[layer.name] = masked_quantizer(values, plans[layer.name], layer.axis, layer.groups)
+
+
+def _final_arrays(module: OnnxModule) -> dict[str, np.ndarray]:
     arrays = module.state_arrays()
     with torch.no_grad():
         for name, transform in module.weight_transform.items():
             arrays[name] = transform(module.parameter(name)).numpy()
-    out, report = apply_plan(with_weights(model, arrays), plan, selection, output,
-                             {"method": plan.method, "notes": []})
-    torch_out = _evaluate(module, check)
-    ort_out = predict(session(out), check)
-    report["finetune"] = {"method": method, "epochs": train_config.epochs, "lr": train_config.lr,
-                          "history": history, "accuracy_before": before,
-                          "torch_vs_onnxruntime_max_abs": float(np.abs(torch_out - ort_out).max())}
-    return out, report
+    return arrays
+
+
+def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, train_config, teacher, log_epoch,
+                on_step):
+    """ADMM epochs, then the final projection's plan (for the masked retraining)."""
+    fixed = kept_names(layers, selection)
+    float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
+    total = sum(l.values.size for l in layers) + float_params
+    state = AdmmState(module, layers, config, fixed, 32.0 * float_params, total)
+
+    def end_epoch(epoch: int, entry: dict) -> None:
+        state.end_of_epoch(epoch)
+        entry.update(rho=state.rho, target_rate=config.rate_at(epoch + 1))
+        log_epoch(epoch, entry)
+
+    admm_train = replace(train_config, epochs=config.epochs, checkpoint=None, resume=False)
+    train(module, data, admm_train, teacher, end_epoch, on_step, regularizer=state.penalty)
+    _, plan = project(layers, state.weights(), config.rate, fixed, 32.0 * float_params, total)
+    return plan
 
 
 def _all_outputs(model: onnx.ModelProto, data: Dataset, batch: int = 256) -> list[np.ndarray]:

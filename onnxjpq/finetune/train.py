@@ -58,8 +58,11 @@ def _save_checkpoint(path: str, state: dict) -> None:
 
 
 def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: list[np.ndarray] | None = None,
-          on_epoch: Callable[[int, dict], None] | None = None, on_step: Callable[[], None] | None = None) -> list[dict]:
-    """Train `module` on `data`; returns one log entry per epoch (loss, and what on_epoch adds)."""
+          on_epoch: Callable[[int, dict], None] | None = None, on_step: Callable[[], None] | None = None,
+          regularizer: Callable[[], torch.Tensor] | None = None) -> list[dict]:
+    """Train `module` on `data`; returns one log entry per epoch (loss, and what on_epoch adds).
+
+    `regularizer()` is added to every batch's loss (ADMM's proximal term)."""
     torch.manual_seed(config.seed)
     optimizer = _optimizer(module.parameters(), config)
     steps_per_epoch = math.ceil(len(data) / config.batch)
@@ -83,8 +86,9 @@ def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: 
             labels = torch.from_numpy(data.labels[idx]).long() if data.labels is not None else None
             targets = [torch.from_numpy(t[idx]) for t in teacher] if teacher is not None else []
             loss = _loss(module(*inputs), labels, targets)
+            objective = loss + regularizer() if regularizer else loss
             optimizer.zero_grad()
-            loss.backward()
+            objective.backward()
             optimizer.step()
             schedule.step()
             total += loss.item() * len(idx)

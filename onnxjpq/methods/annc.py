@@ -33,9 +33,10 @@ from ..quant import quantize_codes, to_channels
 from ..report import storage_bits
 from .opq import magnitude_mask
 
-SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975)
+SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 _SAMPLE = 1 << 15
+OBJECTIVES = ("size", "paper", "bops")
 ACTIVATION_BITS = 32  # float activations; BOPs count MACs x weight bits x activation bits
 
 
@@ -46,8 +47,9 @@ class AnncConfig:
     min_bits/max_bits bound each layer's code width; pow2 restricts widths to
     2, 4, 8 (DJPQ's power-of-two option); max_prune bounds each layer's sparsity.
     uniform: the baseline allocation, one sparsity and bit-width for every layer.
-    objective: "size" (rate = storage rate) or "bops" (rate = BOPs reduction vs fp32,
-    DJPQ eq. 16: MACs of kept weights x weight bits x activation bits).
+    objective: "size" (rate = storage rate), "paper" (rate = 32·N / Σ bits·nonzero, the
+    ANNC/OPQ tables' convention: no index or step bits) or "bops" (rate = BOPs
+    reduction vs fp32, DJPQ eq. 16: MACs of kept weights x weight bits x activation bits).
     """
 
     rate: float | None = None
@@ -71,8 +73,8 @@ class AnncConfig:
             raise OptionError(f"bit range must satisfy 2 <= min <= max <= 8, got {self.min_bits}..{self.max_bits}")
         if not 0 <= self.max_prune < 1:
             raise OptionError(f"max prune must be in [0, 1), got {self.max_prune}")
-        if self.objective not in ("size", "bops"):
-            raise OptionError(f"objective must be 'size' or 'bops', got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise OptionError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "bops" and self.rate is None:
             raise OptionError("the BOPs objective takes a rate (BOPs reduction), not a size")
 
@@ -257,12 +259,18 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
     total = config.budget(total_params, sum(macs.values()) if bops else 0)
 
     def cost(layer: WeightArray, plan: LayerPlan) -> float:
-        return _bops_cost(macs[layer.name], plan, layer) if bops else _storage_cost(layer, plan)
+        if bops:
+            return _bops_cost(macs[layer.name], plan, layer)
+        if config.objective == "paper":
+            return float(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups)[0])
+        return _storage_cost(layer, plan)
 
     plans = {l.name: _fixed_plan(l) for l in layers if l.name in fixed}
     free = [l for l in layers if l.name not in fixed]
     budget = total - reserved - sum(cost(l, plans[l.name]) for l in layers if l.name in fixed)
     options = [_options(l, config, macs[l.name] if bops else None) for l in free]
+    if config.objective == "paper":
+        options = [replace(o, cost=l.values.size * (1 - o.sparsity) * o.bits) for l, o in zip(free, options)]
     energy = np.array([max(float((l.values.astype(np.float64) ** 2).sum()), 1e-30) for l in free])
     weights = np.array([(sensitivity or {}).get(l.name, 1.0) for l in free]) / energy
     choice, target, spent = [], budget, 0.0
