@@ -123,3 +123,24 @@ def test_admm_progressive_targets_rise_to_the_rate():
     rates = [config.rate_at(e) for e in range(16)]
     assert rates[0] == 8 and rates[-1] == 64
     assert all(a <= b for a, b in zip(rates, rates[1:]))
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_matches_one_process(tmp_path):
+    import json
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    assert torchrun, "torchrun comes with torch"
+    args = ["--epochs", "3"]
+    single = subprocess.run(_finetune_cli(tmp_path, "one.onnx", *args), capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    cmd = _finetune_cli(tmp_path, "two.onnx", *args, "--report", str(tmp_path / "two.json"))
+    double = subprocess.run([torchrun, "--nproc_per_node", "2", *cmd[1:]], capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr
+    assert json.loads((tmp_path / "two.json").read_text())["finetune"]["processes"] == 2
+    data = load_dataset(MODELS / "lenet300_test.npz", session(str(tmp_path / "one.onnx")))
+    one = predict(session(str(tmp_path / "one.onnx")), data)
+    two = predict(session(str(tmp_path / "two.onnx")), data)
+    assert (one.argmax(1) == two.argmax(1)).mean() >= 0.98
+    assert abs(accuracy(one, data.labels) - accuracy(two, data.labels)) <= 1.0

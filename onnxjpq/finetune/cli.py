@@ -18,8 +18,12 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
     from rich.progress import Progress
 
     from .run import finetune
+    from .train import distributed
 
     dst = check_output_path(src, dst)
+    rank, world = distributed()
+    if rank != 0:  # under torchrun only the first process talks and writes
+        console.quiet = True
     model = load_model(src)
     sess = session(model)
     data = load_dataset(data_path, sess)
@@ -41,6 +45,9 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
 
         out, report = finetune(model, config, data, train_config, method, selection, OutputConfig(int4=int4),
                                val, on_epoch, lambda: progress.advance(task))
+    if rank != 0:
+        return report
+    report["finetune"]["processes"] = world
     report["totals"].update(bytes_in=file_bytes(src), bytes_out=save_model(out, dst))
     report["totals"]["file_ratio"] = report["totals"]["bytes_in"] / report["totals"]["bytes_out"]
     if report_path:

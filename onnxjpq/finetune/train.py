@@ -57,13 +57,31 @@ def _save_checkpoint(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size): under torchrun the gloo process group is joined on first use."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
 def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: list[np.ndarray] | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, on_step: Callable[[], None] | None = None,
           regularizer: Callable[[], torch.Tensor] | None = None) -> list[dict]:
     """Train `module` on `data`; returns one log entry per epoch (loss, and what on_epoch adds).
 
-    `regularizer()` is added to every batch's loss (ADMM's proximal term)."""
+    `regularizer()` is added to every batch's loss (ADMM's proximal term). Under
+    torchrun each process takes its share of every batch and DistributedDataParallel
+    averages the gradients, so N processes follow the same path as one.
+    """
     torch.manual_seed(config.seed)
+    rank, world = distributed()
+    runner = module
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        runner = DistributedDataParallel(module)
     optimizer = _optimizer(module.parameters(), config)
     steps_per_epoch = math.ceil(len(data) / config.batch)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -81,24 +99,25 @@ def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: 
         total = 0.0
         module.train()
         for i in range(0, len(data), config.batch):
-            idx = order[i:i + config.batch]
+            batch = order[i:i + config.batch]
+            idx = batch[rank::world]
             inputs = [torch.from_numpy(data.inputs[n][idx]) for n in names]
             labels = torch.from_numpy(data.labels[idx]).long() if data.labels is not None else None
             targets = [torch.from_numpy(t[idx]) for t in teacher] if teacher is not None else []
-            loss = _loss(module(*inputs), labels, targets)
+            loss = _loss(runner(*inputs), labels, targets)
             objective = loss + regularizer() if regularizer else loss
             optimizer.zero_grad()
             objective.backward()
             optimizer.step()
             schedule.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * len(batch)
             if on_step:
                 on_step()
         entry = {"epoch": epoch + 1, "loss": total / len(data)}
         if on_epoch:
             on_epoch(epoch, entry)
         history.append(entry)
-        if config.checkpoint:
+        if config.checkpoint and rank == 0:
             _save_checkpoint(config.checkpoint, {"epoch": epoch, "module": module.state_dict(),
                                                  "optimizer": optimizer.state_dict(),
                                                  "schedule": schedule.state_dict(), "history": history})
