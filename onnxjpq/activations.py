@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +83,19 @@ def _calibrate_method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
+def _override(step) -> list[dict]:
+    """onnxruntime's TensorQuantOverrides entry giving a weight onnxjpq's step(s)."""
+    if isinstance(step, tuple):
+        axis, steps = step
+        entries = [{"scale": np.float32(s), "zero_point": np.int8(0)} for s in steps]
+        entries[0]["axis"] = axis
+        return entries
+    return [{"scale": np.float32(step), "zero_point": np.int8(0)}]
+
+
 def _quantize(src: Path, dst: Path, cache: Path, data: Dataset, config: ActivationConfig,
               steps: dict[str, float], exclude: list[str]) -> onnx.ModelProto:
-    overrides = {name: [{"scale": np.float32(step), "zero_point": np.int8(0)}] for name, step in steps.items()}
+    overrides = {name: _override(step) for name, step in steps.items()}
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs advice on every call
@@ -99,7 +109,8 @@ def _quantize(src: Path, dst: Path, cache: Path, data: Dataset, config: Activati
 def _quantize_static(src, dst, cache, data, config, overrides, exclude) -> None:
     from onnxruntime.quantization import QuantType, quantize_static
 
-    quantize_static(str(src), str(dst), _Reader(data, config.samples), per_channel=False,
+    per_channel = any("axis" in entries[0] for entries in overrides.values())
+    quantize_static(str(src), str(dst), _Reader(data, config.samples), per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude, calibrate_method=_calibrate_method(config.calibrate),
                     calibration_cache_path=str(cache),
@@ -240,11 +251,15 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     """
     from dataclasses import replace
 
-    from .compress import compress_model
+    from .compress import apply_plan, plan_model
 
     float_output = replace(output, format="float", int4=False, activations=None)
-    compressed, report = compress_model(model, weights_config, selection, float_output, progress)
-    steps = {row["name"]: row["step"] for row in report["layers"]}
+    plan = plan_model(model, weights_config, selection, float_output)
+    compressed, report = apply_plan(model, plan, selection, float_output,
+                                    {"method": plan.method, "config": asdict(weights_config), "notes": []},
+                                    progress)
+    steps = {p.name: p.step if p.channel_steps is None else (p.channel_axis, p.channel_steps)
+             for p in plan.layers}
     skipped = {s["name"] for s in report["skipped"]}
     exclude = tuple(n.name for n in _named(compressed).graph.node if skipped & set(n.input))
     qmodel, info = quantize_activations(compressed, steps, calib, output.activations, exclude)

@@ -1,4 +1,4 @@
-"""Command line: `onnxjpq compress | inspect | demo`.
+"""Command line: `onnxjpq compress | inspect | demo | finetune | eval | sweep | sensitivity`.
 
 The commands parse options, build configs and call the API. A user error
 (`OnnxjpqError`) prints one line and exits with status 2.
@@ -47,9 +47,9 @@ def main():
 _selection_options = [
     click.option("--include", multiple=True, help="Compress only weights/nodes matching these globs."),
     click.option("--exclude", multiple=True, help="Leave weights/nodes matching these globs in float."),
-    click.option("--keep", multiple=True, default=("first,last",), show_default=True,
+    click.option("--keep", multiple=True, default=("auto",), show_default=True,
                  help="Keep these layers dense at 8 bits: 'first', 'last' or globs (comma-separated); "
-                      "'none' keeps none."),
+                      "'auto' is first,last with --prune/--bits and none with a budget; 'none' keeps none."),
     click.option("--min-params", type=int, default=64, show_default=True,
                  help="Weights with fewer values stay float."),
 ]
@@ -138,11 +138,14 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
               help="Store layers whose codes fit in 4 bits as int4 (opset 21).")
 @_with_selection
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
+              help="Draw the per-layer bits and pruning figure (layers.png) in this folder; needs matplotlib.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @_user_errors
 def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
              activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path,
-             prune_mode, keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, quiet):
+             prune_mode, keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, plot_dir,
+             quiet):
     """Prune and quantize the weights of SRC into a new ONNX file.
 
     Give --prune/--bits for the analytic OPQ solve, or --rate/--size-kb for
@@ -169,6 +172,9 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
         console.print(f"searched {len(found['evaluations'])} rates: highest within {found['max_drop']:g} "
                       f"{found['metric']} points: storage rate {report['totals']['storage_rate']:.1f}x")
     console.print(f"wrote {dst}")
+    if plot_dir:
+        from .plots import plot_layers
+        console.print(f"wrote {plot_layers(report, plot_dir)}")
 
 
 @main.command()

@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from . import __version__
 from .activations import ActivationConfig
+from .channels import normalize, rescale
 from .errors import ModelError, OptionError
 from .io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
 from .layers import Selection, WeightLayer, find_layers, kept_names
@@ -77,7 +78,8 @@ def _prepare_opset(model: onnx.ModelProto, plan: CompressionPlan, layers: list[W
             return upgraded, True
         notes.append(f"opset {opset} could not be upgraded to {INT4_MIN_OPSET}: int4 layers stored as int8")
         wants_int4 = False
-    if default_opset(model) < QDQ_MIN_OPSET:
+    needed = 13 if any(p.channel_steps is not None for p in plan.layers) else QDQ_MIN_OPSET
+    if default_opset(model) < needed:  # per-axis DequantizeLinear needs opset 13
         upgraded = upgrade(model, 13)
         if upgraded is None:
             raise ModelError(f"opset {opset} is too old for DequantizeLinear and cannot be upgraded; "
@@ -121,6 +123,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: di
 
 def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed: frozenset[str],
            float_params: int, output: OutputConfig, sensitivity: dict | None) -> CompressionPlan:
+    solver_layers, ranges = normalize(layers, config.granularity)
     if isinstance(config, AnncConfig):
         total = sum(l.values.size for l in layers) + float_params
         macs = None
@@ -128,11 +131,13 @@ def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed
             shapes = tensor_shapes(model)
             macs = {l.name: layer_macs(l, shapes) for l in layers}
         reserved = 0.0 if config.objective == "bops" else 32.0 * float_params
-        return solve_annc(layers, config, fixed, reserved=reserved, total_params=total,
+        plan = solve_annc(solver_layers, config, fixed, reserved=reserved, total_params=total,
                           sensitivity=sensitivity, macs=macs)
-    if output.format != "qdq" or not output.int4:
-        config = replace(config, fit_int4=False)
-    return solve_opq(layers, config, fixed)
+    else:
+        if output.format != "qdq" or not output.int4:
+            config = replace(config, fit_int4=False)
+        plan = solve_opq(solver_layers, config, fixed)
+    return rescale(plan, layers, ranges)
 
 
 def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection: Selection = Selection(),
@@ -140,7 +145,7 @@ def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection
                ) -> CompressionPlan:
     """Solve the masks and steps of a loaded model's weights (nothing is rewritten)."""
     _, layers, skipped = _find(model, selection)
-    fixed = kept_names(layers, selection)
+    fixed = kept_names(layers, selection, budget=isinstance(config, AnncConfig))
     return _solve(model, layers, config, fixed, _float_params(skipped), output, sensitivity)
 
 

@@ -255,7 +255,7 @@ def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalCon
         raise ModelError(f"the models take different inputs: {', '.join(ref_inputs)} and {', '.join(cand_inputs)}")
     batches = open_batches(data, ref_sess, config.batch, config.labels_key)
     result = compare(ref_sess, cand_sess, batches, progress)
-    latency = [None, None]
+    latency, timed_batch = [None, None], None
     if config.runs:
         feed, _ = next(iter(batches))
         latency = median_latency_ms([ref_sess, cand_sess], feed, config.runs, config.warmup)
@@ -265,11 +265,10 @@ def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalCon
                "accuracy_drop": None if result.accuracy is None else result.ref_accuracy - result.accuracy,
                "agreement": result.agreement, "snr_db": result.snr_db, "cosine": result.outputs[0]["cosine"],
                "max_abs": result.outputs[0]["max_abs"], "latency_ms": latency[1], "ref_latency_ms": latency[0],
-               "latency_ratio": latency[1] / latency[0] if config.runs and latency[0] else None}
+               "latency_ratio": latency[1] / latency[0] if latency[0] else None}
     return {"ref": str(ref_path), "cand": str(cand_path), "data": str(data), "samples": result.samples,
             "labelled": result.labelled, "threads": config.threads, "batch": config.batch,
-            "timing": {"runs": config.runs, "warmup": config.warmup,
-                       "batch": timed_batch if config.runs else None},
+            "timing": {"runs": config.runs, "warmup": config.warmup, "batch": timed_batch},
             "metrics": metrics, "outputs": result.outputs,
             "sizes": {"bytes_ref": bytes_ref, "bytes_cand": bytes_cand, "size_ratio": bytes_ref / bytes_cand},
             "totals": stored_totals(cand_path), "config": asdict(config)}

@@ -26,15 +26,16 @@ class Selection:
 
     include/exclude: glob patterns matched against weight and node names
     (empty include = all). keep: patterns, or the words "first" and "last",
-    for layers kept dense at 8 bits; the default keeps the first and last
-    layer (the most sensitive ones) in models of three layers or more, when
-    each holds at most 10 % of the weights.
+    for layers kept dense at 8 bits. The default "auto" means "first,last"
+    for fixed settings (OPQ), where the first and last layer are the most
+    sensitive, and nothing for budgets, whose allocation weighs every layer
+    itself.
     min_params: smaller weights stay float.
     """
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    keep: tuple[str, ...] = ("first", "last")
+    keep: tuple[str, ...] = ("auto",)
     min_params: int = 64
 
 
@@ -158,17 +159,21 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
     return layers, skipped
 
 
-def kept_names(layers: list[WeightLayer], selection: Selection) -> frozenset[str]:
-    """Names of the layers `selection.keep` holds at 8 bits ("first", "last", or patterns).
+def kept_names(layers: list[WeightLayer], selection: Selection, budget: bool = False) -> frozenset[str]:
+    """Names of the layers `selection.keep` holds at 8 bits ("first", "last", or patterns;
+    "auto" is "first,last" unless `budget`).
 
     "first" and "last" apply to models of three layers or more, and only to a
     layer holding at most KEEP_SHARE of the weights: keeping a dominant layer
     dense would leave little to compress.
     """
+    words = set(selection.keep)
+    if "auto" in words and not budget:
+        words |= {"first", "last"}
     total = sum(l.values.size for l in layers)
     ends = {"first": layers[:1], "last": layers[-1:]} if len(layers) >= 3 else {}
-    keep = {l.name for word, chosen in ends.items() if word in selection.keep
+    keep = {l.name for word, chosen in ends.items() if word in words
             for l in chosen if l.values.size <= KEEP_SHARE * total}
-    patterns = tuple(p for p in selection.keep if p not in ("first", "last"))
+    patterns = tuple(p for p in selection.keep if p not in ("first", "last", "auto"))
     keep |= {l.name for l in layers if _matches(patterns, [l.name, *l.node_names])}
     return frozenset(keep)

@@ -30,6 +30,16 @@ class LayerPlan:
     fixed: bool = False  # kept at 8 bits, outside the solves (--keep)
     predicted_prune_ratio: float = 0.0  # the Laplace model's ratio for this layer
     max_code: int | None = None  # codes clipped to [-max_code, max_code]; None = no clip
+    channel_steps: np.ndarray | None = None  # one step per output channel instead of `step`
+    channel_axis: int | None = None
+
+    def steps_for(self, shape: tuple[int, ...]) -> float | np.ndarray:
+        """The step of every weight: the shared step, or the channel steps shaped to broadcast."""
+        if self.channel_steps is None:
+            return self.step
+        view = [1] * len(shape)
+        view[self.channel_axis % len(shape)] = -1
+        return self.channel_steps.reshape(view)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float,
+def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float | np.ndarray,
                    keep_survivors: bool = True, max_code: int | None = None) -> np.ndarray:
     """Integer codes of `w` on the grid `step`; pruned weights (mask False) get 0.
 
@@ -31,19 +31,19 @@ def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float,
     >>> quantize_codes(np.array([0.1, -0.26, 0.9]), np.array([True, True, False]), 0.2).tolist()
     [1, -1, 0]
     """
-    if step <= 0:
-        return np.zeros(w.shape, np.int32)
-    q = np.floor(np.abs(w) / step + 0.5)
+    step = np.asarray(step, dtype=np.float64)
+    positive = step > 0
+    q = np.floor(np.abs(w) / np.where(positive, step, 1.0) + 0.5)
     if keep_survivors:
         q = np.maximum(q, 1.0)
     if max_code is not None:
         q = np.minimum(q, max_code)
-    return (np.sign(w) * q * mask).astype(np.int32)
+    return (np.sign(w) * q * mask * positive).astype(np.int32)
 
 
-def dequantize(codes: np.ndarray, step: float) -> np.ndarray:
-    """Float values of `codes` (what DequantizeLinear computes)."""
-    return (codes.astype(np.float32) * np.float32(step)).astype(np.float32)
+def dequantize(codes: np.ndarray, step: float | np.ndarray) -> np.ndarray:
+    """Float values of `codes` (what DequantizeLinear computes); `step` may broadcast per channel."""
+    return (codes.astype(np.float32) * np.asarray(step, dtype=np.float32)).astype(np.float32)
 
 
 def code_width(max_code: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ class LayerRow:
     index_bits: int
     param_bits: int
     entropy_index_bits: float
+    per_channel_steps: bool = False
     macs: int | None = None  # dense multiply-accumulates per sample
     bops: float | None = None  # MACs of the kept weights x weight bits x activation bits
 
@@ -64,24 +65,34 @@ def entropy_bits(n: int, kept: int) -> float:
     return float(n * -(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
 
 
-def storage_bits(codes: np.ndarray, axis: int | None, groups: int = 1) -> tuple[int, int, int]:
-    """(value, index, parameter) bits of a layer's codes, as storage_rate counts them."""
+def storage_bits(codes: np.ndarray, axis: int | None, groups: int = 1,
+                 per_channel_steps: bool = False) -> tuple[int, int, int]:
+    """(value, index, parameter) bits of a layer's codes, as storage_rate counts them.
+
+    Values are the non-zeros at their channel's width. When storing every code,
+    zeros included, is cheaper than an index of the non-zeros, the index bits
+    are the zeros' share of that dense storage.
+    """
     nz = codes != 0
     chan_codes = to_channels(np.abs(codes), axis, groups)
     widths = code_width(chan_codes.max(axis=1))
     value_bits = int((to_channels(nz, axis, groups).sum(axis=1) * widths).sum())
+    dense_bits = int(chan_codes.shape[1] * widths.sum())
     nonzero = int(nz.sum())
-    return value_bits, index_bits(nz, value_bits / nonzero if nonzero else 0.0), 32 + 4 * chan_codes.shape[0]
+    index = index_bits(nz, value_bits / nonzero if nonzero else 0.0)
+    steps = 32 * chan_codes.shape[0] if per_channel_steps else 32
+    return value_bits, min(index, dense_bits - value_bits), steps + 4 * chan_codes.shape[0]
 
 
 def layer_row(layer, plan, codes: np.ndarray, container: str, fit, macs: int | None = None,
               activation_bits: int = 32) -> LayerRow:
     """Measure one compressed layer from the codes actually stored."""
     nz = codes != 0
-    value_bits, idx_bits, param_bits = storage_bits(codes, layer.axis, layer.groups)
+    value_bits, idx_bits, param_bits = storage_bits(codes, layer.axis, layer.groups,
+                                                    plan.channel_steps is not None)
     nonzero = int(nz.sum())
     bits = value_bits / nonzero if nonzero else 0.0
-    err = dequantize(codes, plan.step) - layer.values
+    err = dequantize(codes, plan.steps_for(codes.shape)) - layer.values
     return LayerRow(
         name=layer.name, op=layer.op, shape=list(layer.values.shape), params=int(codes.size),
         nonzero=nonzero, prune_ratio=1 - nonzero / codes.size,
@@ -90,6 +101,7 @@ def layer_row(layer, plan, codes: np.ndarray, container: str, fit, macs: int | N
         mse=float(np.mean(err.astype(np.float64) ** 2)), value_bits=value_bits,
         index_bits=idx_bits, param_bits=param_bits,
         entropy_index_bits=entropy_bits(codes.size, nonzero), macs=macs,
+        per_channel_steps=plan.channel_steps is not None,
         bops=None if macs is None else macs * nonzero / codes.size * bits * activation_bits)
 
 

@@ -89,10 +89,10 @@ def measure_sensitivity(src: str | os.PathLike, data: str | os.PathLike,
     from .compress import find_model_layers
     from .io import load_model
     from .layers import Selection
-    from .validate import open_batches, session
+    from .validate import open_batches, open_session
 
+    ref = open_session(src, config.threads)
     model = load_model(src)
-    ref = session(model, config.threads)
     batches = open_batches(data, ref, config.batch, config.labels_key)
     layers, _ = find_model_layers(model, Selection(keep=(), min_params=config.min_params))
     total = sum(layer.values.size for layer in layers)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OptionError
+from .errors import ModelError, OptionError
 
 COLUMNS = ("prune", "bits", "prune_ratio", "avg_bits", "rate", "storage_rate", "bytes", "accuracy",
            "agreement", "snr_db", "model")
@@ -181,13 +181,18 @@ def _run_all(tasks: list[PointTask], jobs: int, progress) -> list[dict]:
 def sweep(src: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
           config: SweepConfig = SweepConfig(), progress=None) -> dict:
     """Compress and measure every grid point; write sweep.csv and sweep.json into `out_dir`."""
-    from .io import file_bytes, load_model
-    from .validate import open_batches, session
+    from .io import file_bytes
+    from .validate import open_batches, open_session
 
     src, out = Path(src), Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file; give a folder")
-    open_batches(data, session(load_model(src)), config.batch, config.labels_key)  # errors before any work
+    ref = open_session(src)
+    open_batches(data, ref, config.batch, config.labels_key)  # errors before any work
+    declared = ref.get_outputs()[0].shape
+    if isinstance(declared, list) and len(declared) == 1:
+        raise ModelError(f"{src}: output 0 has no class axis: the sweep scores points by top-1 accuracy or "
+                         "agreement; use onnxjpq eval for the output SNR")
     results = _run_all(_tasks(src, str(data), out, config), config.jobs, progress)
     rows = [r["row"] for r in results]
     labelled = results[0]["ref_accuracy"] is not None

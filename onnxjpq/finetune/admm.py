@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..channels import normalize, rescale
 from ..errors import OptionError
 from ..methods.annc import AnncConfig, solve_annc
 from ..plan import CompressionPlan
@@ -59,12 +60,15 @@ def project(layers, arrays: dict[str, np.ndarray], rate: float, fixed: frozenset
             reserved: float, total_params: int) -> tuple[dict[str, np.ndarray], CompressionPlan]:
     """Π: the nearest weights within the budget (allocation on `arrays`), and the plan giving them."""
     snaps = [_Snapshot(l.name, arrays[l.name], l.axis, l.groups) for l in layers]
-    plan = solve_annc(snaps, AnncConfig(rate=rate, objective="paper"), fixed, reserved=reserved,
+    normalized, ranges = normalize(snaps, "auto")
+    plan = solve_annc(normalized, AnncConfig(rate=rate, objective="paper"), fixed, reserved=reserved,
                       total_params=total_params)
+    plan = rescale(plan, snaps, ranges)
     projected = {}
     for snap, p in zip(snaps, plan.layers):
-        codes = quantize_codes(snap.values, p.mask, p.step, p.keep_survivors, p.max_code)
-        projected[snap.name] = dequantize(codes, p.step)
+        steps = p.steps_for(snap.values.shape)
+        projected[snap.name] = dequantize(quantize_codes(snap.values, p.mask, steps, p.keep_survivors, p.max_code),
+                                          steps)
     return projected, plan
 
 

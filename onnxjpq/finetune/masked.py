@@ -27,10 +27,11 @@ def channel_limits(codes: np.ndarray, axis: int | None, groups: int = 1) -> np.n
 
 def masked_quantizer(values: np.ndarray, plan: LayerPlan, axis: int | None, groups: int):
     """The forward transform Ŵ(W) of one layer, with a straight-through gradient."""
-    codes = quantize_codes(values, plan.mask, plan.step, plan.keep_survivors, plan.max_code)
+    steps = plan.steps_for(values.shape)
+    codes = quantize_codes(values, plan.mask, steps, plan.keep_survivors, plan.max_code)
     limit = torch.from_numpy(channel_limits(codes, axis, groups).astype(np.float32))
     mask = torch.from_numpy(plan.mask.astype(np.float32))
-    step = float(plan.step)
+    step = torch.from_numpy(np.broadcast_to(np.asarray(steps, np.float32), values.shape).copy())
     floor = 1.0 if plan.keep_survivors else 0.0
 
     def transform(w: torch.Tensor) -> torch.Tensor:

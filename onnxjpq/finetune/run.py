@@ -97,7 +97,7 @@ def _final_arrays(module: OnnxModule) -> dict[str, np.ndarray]:
 def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, train_config, teacher, log_epoch,
                 on_step):
     """ADMM epochs, then the final projection's plan (for the masked retraining)."""
-    fixed = kept_names(layers, selection)
+    fixed = kept_names(layers, selection, budget=True)
     float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
     total = sum(l.values.size for l in layers) + float_params
     state = AdmmState(module, layers, config, fixed, 32.0 * float_params, total)

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..channels import check_granularity
 from ..errors import OptionError
 from ..plan import CompressionPlan, LayerPlan, WeightArray
 from ..quant import quantize_codes, to_channels
@@ -60,9 +61,11 @@ class AnncConfig:
     max_prune: float = 0.975
     uniform: bool = False
     objective: str = "size"
+    granularity: str = "auto"
     version: int = 1
 
     def __post_init__(self):
+        check_granularity(self.granularity)
         if (self.rate is None) == (self.size_kb is None):
             raise OptionError("give exactly one budget: a rate or a size")
         if self.rate is not None and not self.rate > 1:
@@ -117,11 +120,12 @@ def index_cost(n: int, kept: int, width: float) -> float:
     return best
 
 
-def _rounding_error(kept: np.ndarray, amax: float, bits: int) -> tuple[float, float]:
-    """Least squared error over the clip ratios, and its step, for b-bit codes of `kept`."""
+def _rounding_error(kept: np.ndarray, amax: float, bits: int, survivors: bool) -> tuple[float, float]:
+    """Least squared error over the clip ratios, and its step, for b-bit codes of `kept`
+    (with `survivors`, kept weights never round to 0)."""
     m = 2 ** (bits - 1) - 1
     steps = np.array(CLIP_RATIOS) * amax / m
-    q = np.clip(np.floor(kept[:, None] / steps + 0.5), 1, m)
+    q = np.clip(np.floor(kept[:, None] / steps + 0.5), 1 if survivors else 0, m)
     err = ((kept[:, None] - q * steps) ** 2).sum(axis=0)
     best = int(np.argmin(err))
     return float(err[best]), float(steps[best])
@@ -141,7 +145,7 @@ def layer_options(values: np.ndarray, n_channels: int, sparsities: Sequence[floa
         kept = sample[-(-k // stride):]
         scale = (n - k) / max(kept.size, 1)
         for b in bits:
-            err, step = _rounding_error(kept, amax, b) if kept.size and amax > 0 else (0.0, 0.0)
+            err, step = _rounding_error(kept, amax, b, k > 0) if kept.size and amax > 0 else (0.0, 0.0)
             cost = (n - k) * b + index_cost(n, n - k, b) + 32 + 4 * n_channels
             rows.append((s, b, step, 2 ** (b - 1) - 1, pruned_sq[k] + err * scale, cost))
     cols = list(zip(*rows))
@@ -176,7 +180,12 @@ def allocate(options: list[LayerOptions], weights: np.ndarray, budget: float) ->
     choice = _choose(options, weights, np.exp(hi))
     if _total_cost(options, choice) > budget:
         choice = cheapest
-    return _greedy_fill(options, weights, budget, choice)
+    starts = [choice]
+    uniform = uniform_choice(options, weights, budget)
+    if uniform is not None:  # the relaxation can miss non-convex points: the uniform one is a start too
+        starts.append([uniform] * len(options))
+    finished = [_greedy_fill(options, weights, budget, start) for start in starts]
+    return min(finished, key=lambda c: sum(w * o.distortion[j] for o, w, j in zip(options, weights, c)))
 
 
 def _greedy_fill(options: list[LayerOptions], weights: np.ndarray, budget: float,
@@ -224,7 +233,8 @@ def _allocate_or_uniform(options: list[LayerOptions], weights: np.ndarray, budge
 def _layer_plan(layer: WeightArray, options: LayerOptions, j: int) -> LayerPlan:
     k = int(round(options.sparsity[j] * layer.values.size))
     return LayerPlan(layer.name, magnitude_mask(layer.values, k), float(options.step[j]) or 1.0,
-                     max_code=int(options.max_code[j]), predicted_prune_ratio=float(options.sparsity[j]))
+                     keep_survivors=k > 0, max_code=int(options.max_code[j]),
+                     predicted_prune_ratio=float(options.sparsity[j]))
 
 
 def _fixed_plan(layer: WeightArray) -> LayerPlan:
@@ -233,7 +243,8 @@ def _fixed_plan(layer: WeightArray) -> LayerPlan:
 
 
 def _storage_cost(layer: WeightArray, plan: LayerPlan) -> float:
-    return float(sum(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups)))
+    extra = getattr(layer, "extra_param_bits", 0)  # per-channel steps (see onnxjpq.channels)
+    return float(sum(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups))) + extra
 
 
 def _bops_cost(macs: int, plan: LayerPlan, layer: WeightArray) -> float:
@@ -283,19 +294,22 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
         target -= 1.05 * (spent - budget) + 8
     plans.update((p.name, p) for p in free_plans)
     return CompressionPlan(tuple(plans[l.name] for l in layers), "annc",
-                           _diagnostics(options, weights, choice, budget, total, spent + total - budget, config))
+                           _diagnostics(options, weights, choice, target, total, spent + total - budget, config))
 
 
 def _options(layer: WeightArray, config: AnncConfig, macs: int | None) -> LayerOptions:
     n_channels = to_channels(layer.values, layer.axis, layer.groups).shape[0]
     options = layer_options(layer.values, n_channels, config.sparsities(), config.bit_choices())
+    options = replace(options, cost=options.cost + getattr(layer, "extra_param_bits", 0))
     if macs is None:
         return options
     return replace(options, cost=macs * (1 - options.sparsity) * options.bits * ACTIVATION_BITS)
 
 
-def _diagnostics(options, weights, choice, budget, total, spent, config) -> dict:
-    uniform = uniform_choice(options, weights, budget) if options else None
+def _diagnostics(options, weights, choice, target, total, spent, config) -> dict:
+    """`target`: the estimated budget the allocation was solved for (after tightening);
+    the uniform baseline is solved for the same."""
+    uniform = uniform_choice(options, weights, target) if options else None
     return {
         "objective": config.objective,
         "budget": total,

@@ -32,6 +32,7 @@ from scipy import optimize
 from ..errors import OptionError
 from ..plan import CompressionPlan, LayerPlan, WeightArray
 from ..quant import CONTAINER_MAX, code_width, to_channels
+from ..channels import check_granularity
 from ..stats import laplace_prune_fraction
 
 
@@ -42,9 +43,11 @@ class OpqConfig:
     prune: global fraction of weights to remove, in [0, 1).
     bits: average packed bits per kept weight, in [2, 8] (fractions allowed).
     prune_mode: "laplace" (OPQ's per-layer ratios) or "exact" (global magnitude).
-    keep_survivors: kept weights never round to 0, so the prune ratio is exact.
+    keep_survivors: in pruned layers, kept weights never round to 0, so the prune
+        ratio is exact (a layer nothing was pruned from rounds small weights to 0).
     fit_int4: cap the codes of the largest layers at ±7 so they store as int4;
         the smaller layers take the rest of the bit budget (see `int4_caps`).
+    granularity: "auto", "layer" or "channel" steps (see onnxjpq.channels).
     """
 
     prune: float = 0.0
@@ -52,9 +55,11 @@ class OpqConfig:
     prune_mode: str = "laplace"
     keep_survivors: bool = True
     fit_int4: bool = True
+    granularity: str = "auto"
     version: int = 1
 
     def __post_init__(self):
+        check_granularity(self.granularity)
         if not 0.0 <= self.prune < 1.0:
             raise OptionError(f"prune ratio must be in [0, 1), got {self.prune}")
         if not 2.0 <= self.bits <= 8.0:
@@ -86,17 +91,21 @@ def solve_prune_threshold(sizes: np.ndarray, scales: np.ndarray, target: float) 
 
 
 def largest_remainder_counts(fractions: np.ndarray, sizes: np.ndarray, total: int) -> np.ndarray:
-    """Integer counts k_i ≈ fractions_i·sizes_i, each ≤ sizes_i, summing to `total`."""
+    """Integer counts k_i ≈ fractions_i·sizes_i, each ≤ sizes_i, summing to `total`.
+
+    >>> largest_remainder_counts(np.array([0.5, 0.5]), np.array([10, 10]), 6).tolist()
+    [3, 3]
+    """
     sizes = np.asarray(sizes, np.int64)
+    if not 0 <= total <= sizes.sum():
+        raise ValueError(f"total {total} outside [0, {sizes.sum()}]")
     raw = np.clip(np.asarray(fractions, float), 0, 1) * sizes
+    raw = raw * (total / raw.sum()) if raw.sum() > total else raw  # fractions asking too much: scale down
     counts = np.minimum(np.floor(raw).astype(np.int64), sizes)
-    short = int(total - counts.sum())
     order = np.argsort(-(raw - counts), kind="stable")
-    while short > 0:
+    while (short := int(total - counts.sum())) > 0:
         room = order[counts[order] < sizes[order]]
-        step = room[:short]
-        counts[step] += 1
-        short -= len(step)
+        counts[room[:short]] += 1
     return counts
 
 
@@ -152,32 +161,47 @@ class ChannelStats:
     alpha: np.ndarray
     count: np.ndarray
     layer: np.ndarray  # owning layer index of each channel
+    kept_abs: tuple[np.ndarray, ...] = ()  # per layer, [channels, weights]: |w| kept, 0 pruned
 
 
 def channel_stats(layers: Sequence[WeightArray], masks: Sequence[np.ndarray]) -> ChannelStats:
-    alphas, counts, owners = [], [], []
+    alphas, counts, owners, kept = [], [], [], []
     for i, (layer, mask) in enumerate(zip(layers, masks)):
         w = to_channels(np.abs(layer.values), layer.axis, layer.groups)
         m = to_channels(mask, layer.axis, layer.groups)
-        alphas.append(np.where(m, w, 0).max(axis=1).astype(float))
+        kept.append(np.where(m, w, 0))
+        alphas.append(kept[-1].max(axis=1).astype(float))
         counts.append(m.sum(axis=1).astype(np.int64))
         owners.append(np.full(w.shape[0], i))
-    return ChannelStats(np.concatenate(alphas), np.concatenate(counts), np.concatenate(owners))
+    return ChannelStats(np.concatenate(alphas), np.concatenate(counts), np.concatenate(owners), tuple(kept))
 
 
-def packed_bits(stats: ChannelStats, steps: np.ndarray, keep_survivors: bool) -> float:
-    """Mean ⌈log2(2m+1)⌉ over kept weights, m = the channel's largest code."""
+def _nonzero_counts(stats: ChannelStats, steps: np.ndarray, survivors: np.ndarray) -> np.ndarray:
+    """Non-zero codes per channel: all kept weights where survivors are kept, else |w| >= step/2."""
+    counts = stats.count.copy()
+    for i in np.flatnonzero(~survivors):
+        rows = stats.layer == i
+        counts[rows] = (stats.kept_abs[i] >= steps[i] / 2).sum(axis=1) if steps[i] > 0 else 0
+    return counts
+
+
+def packed_bits(stats: ChannelStats, steps: np.ndarray, survivors: np.ndarray | bool) -> float:
+    """Mean ⌈log2(2m+1)⌉ over the non-zero codes, m = the channel's largest code.
+
+    `survivors` (per layer, or one value): kept weights never round to 0 there.
+    """
+    survivors = np.broadcast_to(np.asarray(survivors, bool), steps.shape)
     step = steps[stats.layer]
     safe = np.where(step > 0, step, 1.0)
     m = np.where(step > 0, np.floor(stats.alpha / safe + 0.5), 0)
-    if keep_survivors:
-        m = np.where(stats.count > 0, np.maximum(m, 1), 0)
-    kept = stats.count.sum()
-    return float((stats.count * code_width(m)).sum() / kept) if kept else 0.0
+    m = np.where(survivors[stats.layer] & (stats.count > 0), np.maximum(m, 1), m)
+    counts = _nonzero_counts(stats, steps, survivors) if stats.kept_abs else stats.count
+    kept = counts.sum()
+    return float((counts * code_width(m)).sum() / kept) if kept else 0.0
 
 
 def calibrate_steps(stats: ChannelStats, base: np.ndarray, caps: np.ndarray, ceilings: np.ndarray,
-                    free: np.ndarray, bits: float, keep_survivors: bool) -> tuple[np.ndarray, float]:
+                    free: np.ndarray, bits: float, keep_survivors: np.ndarray | bool) -> tuple[np.ndarray, float]:
     """Scale the free layers' steps by one factor c so packed bits meet `bits`.
 
     Steps stay within [caps, ceilings]: the container's floor, and the layer's
@@ -206,7 +230,7 @@ def calibrate_steps(stats: ChannelStats, base: np.ndarray, caps: np.ndarray, cei
 
 
 def int4_caps(stats: ChannelStats, layer_max: np.ndarray, sizes: np.ndarray, solved: np.ndarray,
-              bits: float, keep_survivors: bool) -> np.ndarray:
+              bits: float, keep_survivors: np.ndarray | bool) -> np.ndarray:
     """Step floors that keep as many weights as possible in int4 codes (|q| ≤ 7).
 
     Start with every solved layer capped at int4; while the finest steps the
@@ -247,19 +271,19 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
         counts[solved] = global_magnitude_counts([l.values for l, ok in zip(layers, solved) if ok],
                                                  n_pruned)
     masks = [magnitude_mask(l.values, int(k)) for l, k in zip(layers, counts)]
+    survivors = config.keep_survivors & (counts > 0)  # unpruned layers round small weights to 0
 
     stats = channel_stats(layers, masks)
     areas = np.bincount(stats.layer, weights=stats.count * stats.alpha, minlength=len(layers))
     layer_max = np.array([stats.alpha[stats.layer == i].max(initial=0.0) for i in range(len(layers))])
     caps = layer_max / CONTAINER_MAX["int8"]
     if config.fit_int4:
-        caps = int4_caps(stats, layer_max, sizes, solved, config.bits, config.keep_survivors)
+        caps = int4_caps(stats, layer_max, sizes, solved, config.bits, survivors)
     n_kept = int(stats.count[solved[stats.layer]].sum())
     base = np.where(solved, 0.0, caps)
     if solved.any():
         base[solved] = opq_steps(areas[solved], n_kept, config.bits, caps[solved])
-    steps, factor = calibrate_steps(stats, base, caps, layer_max, solved & (areas > 0), config.bits,
-                                    config.keep_survivors)
+    steps, factor = calibrate_steps(stats, base, caps, layer_max, solved & (areas > 0), config.bits, survivors)
 
     all_w = np.concatenate([np.abs(l.values).ravel() for l, ok in zip(layers, solved) if ok] or [[]])
     diagnostics = {
@@ -268,11 +292,11 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
         "target_prune_ratio_solved_layers": target,
         "step_scale_factor": factor,
         "bits_target_met": (config.bits >= 7.5  # 8 packed bits needs every channel's code >= 64
-                            or abs(packed_bits(stats, steps, config.keep_survivors) - config.bits) <= 0.05),
+                            or abs(packed_bits(stats, steps, survivors) - config.bits) <= 0.05),
         "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
     }
-    plans = tuple(LayerPlan(l.name, m, float(st), config.keep_survivors, l.name in fixed, float(pr))
-                  for l, m, st, pr in zip(layers, masks, steps, predicted))
+    plans = tuple(LayerPlan(l.name, m, float(st), bool(sv), l.name in fixed, float(pr))
+                  for l, m, st, pr, sv in zip(layers, masks, steps, predicted, survivors))
     return CompressionPlan(plans, "opq", diagnostics)
 
 

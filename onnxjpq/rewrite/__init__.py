@@ -18,4 +18,5 @@ FORMATS = ("qdq", "float", "sparse")
 
 def layer_codes(layer: WeightLayer, plan: LayerPlan) -> np.ndarray:
     """The integer codes the plan assigns to `layer`'s weights."""
-    return quantize_codes(layer.values, plan.mask, plan.step, plan.keep_survivors, plan.max_code)
+    return quantize_codes(layer.values, plan.mask, plan.steps_for(layer.values.shape), plan.keep_survivors,
+                          plan.max_code)

@@ -10,5 +10,5 @@ from . import layer_codes
 
 def apply_float(layer: WeightLayer, plan: LayerPlan) -> str:
     """Overwrite `layer`'s constant with its compressed float values."""
-    layer.constant.values = dequantize(layer_codes(layer, plan), plan.step)
+    layer.constant.values = dequantize(layer_codes(layer, plan), plan.steps_for(layer.values.shape))
     return "float32"

@@ -36,12 +36,16 @@ def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: 
     dtype = _NUMPY_TYPES[container]
     taken = {name for g in all_graphs(graph) for name in g.tensors()}
     quantized = gs.Constant(_fresh(f"{layer.name}_quantized", taken), codes.astype(dtype))
-    scale = gs.Constant(_fresh(f"{layer.name}_scale", taken),
-                        np.array(plan.step if plan.step > 0 else 1.0, np.float32))
-    zero_point = gs.Constant(_fresh(f"{layer.name}_zero_point", taken), np.zeros((), dtype))
+    if plan.channel_steps is not None:  # per-axis DequantizeLinear
+        steps = np.where(plan.channel_steps > 0, plan.channel_steps, 1.0).astype(np.float32)
+        attrs = {"axis": plan.channel_axis % layer.values.ndim}
+    else:
+        steps, attrs = np.array(plan.step if plan.step > 0 else 1.0, np.float32), {}
+    scale = gs.Constant(_fresh(f"{layer.name}_scale", taken), steps)
+    zero_point = gs.Constant(_fresh(f"{layer.name}_zero_point", taken), np.zeros(steps.shape, dtype))
     home = layer.home or graph
     output = _detach_weight(home, layer)
-    dq = gs.Node("DequantizeLinear", name=_fresh(f"{layer.name}_DequantizeLinear", taken),
+    dq = gs.Node("DequantizeLinear", name=_fresh(f"{layer.name}_DequantizeLinear", taken), attrs=attrs,
                  inputs=[quantized, scale, zero_point], outputs=[output])
     home.nodes.insert(0, dq)  # its inputs are constants: first is always topologically valid
     return container, [quantized.name, zero_point.name] if container == "int4" else []
