@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from functools import wraps
 
 import click
@@ -136,6 +137,9 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
                                       "sparse: int8 codes in sparse_initializer storage.")
 @click.option("--int4/--no-int4", default=True, show_default=True,
               help="Store layers whose codes fit in 4 bits as int4 (opset 21).")
+@click.option("--granularity", type=click.Choice(["auto", "layer", "channel"]), default="auto", show_default=True,
+              help="Quantization steps: one per layer (OPQ), one per output channel, or per channel only "
+                   "for layers with outlier channels (auto).")
 @_with_selection
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
@@ -144,8 +148,8 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
 @_user_errors
 def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
              activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path,
-             prune_mode, keep_survivors, fmt, int4, include, exclude, keep, min_params, report_path, plot_dir,
-             quiet):
+             prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, report_path,
+             plot_dir, quiet):
     """Prune and quantize the weights of SRC into a new ONNX file.
 
     Give --prune/--bits for the analytic OPQ solve, or --rate/--size-kb for
@@ -159,6 +163,11 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
 
     config = _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
                             pow2_bits, objective, max_drop, data_path)
+    if granularity != "auto":
+        if not hasattr(config, "granularity"):
+            from .errors import OptionError
+            raise OptionError("--granularity applies to --prune/--bits and --rate/--size-kb")
+        config = replace(config, granularity=granularity)
     selection = _selection(include, exclude, keep, min_params)
     console = _console(quiet)
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))

@@ -9,8 +9,10 @@ onnxruntime `quantize_dynamic` (int8); `quantize_static` (QDQ int8,
 per-channel weights, MinMax calibration on the training/calibration split);
 onnxruntime's `MatMulNBitsQuantizer` (4 bits, block 32, MatMul weights only);
 "naive prune+quant" (global magnitude pruning, then per-channel symmetric
-int8/int4 rounding, written back as float); onnxjpq (`compress_file` +
-`OpqConfig`) at several settings.
+int8/int4 rounding, written back as float); onnxjpq (`compress_file` with
+`OpqConfig` at several settings, and the budget mode `AnncConfig`, calibrated
+on the calibration sentences for MiniLM). A last section fine-tunes lenet5
+(masked retraining and ADMM, `onnxjpq.finetune`) unless `--no-finetune`.
 
 Rates count the weights of the Conv/Gemm/MatMul layers onnxjpq finds (the
 same set for every method): rate = 32·N / Σ bits·nonzero. ORT int8 counts 8
@@ -47,6 +49,7 @@ from onnxruntime.quantization import (
 )
 
 from onnxjpq import OpqConfig, Selection, compress_file
+from onnxjpq.methods.annc import AnncConfig
 from onnxjpq.compress import find_model_layers
 from onnxjpq.validate import accuracy, load_dataset, predict, session
 
@@ -66,7 +69,7 @@ class Case:
     calib: list[dict[str, np.ndarray]]
     latency_feed: dict[str, np.ndarray]
     latency_batch: str
-    jpq: tuple[tuple[str, OpqConfig, Selection], ...]
+    jpq: tuple[tuple[str, OpqConfig | AnncConfig, Selection, Path | None], ...]  # label, config, sel., calib
     naive: tuple[tuple[float, int], ...]
     static_ops: tuple[tuple[str, ...] | None, ...] = (None,)  # None: every op type ORT quantizes
 
@@ -98,8 +101,13 @@ def _batches(inputs: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndar
 
 
 def _jpq(settings, selection=Selection(), suffix="") -> tuple:
-    return tuple((f"prune {p:g}, bits {b:g}{suffix}", OpqConfig(prune=p, bits=b), selection)
+    return tuple((f"prune {p:g}, bits {b:g}{suffix}", OpqConfig(prune=p, bits=b), selection, None)
                  for p, b in settings)
+
+
+def _budget(rates, calib: Path | None = None) -> tuple:
+    label = ", calibrated" if calib else ""
+    return tuple((f"rate {r:g}{label}", AnncConfig(rate=r), Selection(), calib) for r in rates)
 
 
 def lenet_case(name: str, quick: bool) -> Case:
@@ -112,6 +120,7 @@ def lenet_case(name: str, quick: bool) -> Case:
     if name == "lenet300":  # in a 3-layer MLP the default keep of first/last layers matters most
         unkept = ((0.8, 4),) if quick else ((0.5, 4), (0.7, 4), (0.8, 4), (0.9, 3))
         settings += _jpq(unkept, Selection(keep=()), ", keep none")
+    settings += _budget((16,) if quick else (12, 16, 24))
     return Case(name, f"{name} (digits, {len(test)} test images)", src, "accuracy",
                 lambda sess: accuracy(predict(sess, test), test.labels),
                 _batches(train.inputs, 64), test.inputs, f"the {len(test)} test images in one batch",
@@ -132,11 +141,8 @@ def minilm_case(work: Path, quick: bool) -> Case:
     sentences = minilm.calibration_sentences()
     calib = [minilm.encode_sentences(sentences[i:i + 16]) for i in range(0, len(sentences), 16)]
     jpq = _jpq(((0, 8), (0, 4)) if quick else ((0, 8), (0, 6), (0.3, 6), (0, 4)))
-    jpq += (("prune 0, bits 8, exclude *ffn_out*", OpqConfig(prune=0, bits=8),
-             Selection(exclude=("*ffn_out*",))),)
-    if not quick:
-        jpq += (("prune 0, bits 8, keep_survivors off", OpqConfig(prune=0, bits=8, keep_survivors=False),
-                 Selection()),)
+    calib_npz = minilm.write_sentences_npz(work / "minilm_calib.npz", sentences)
+    jpq += _budget((6,) if quick else (6, 8), calib_npz)
     latency = minilm.encode_sentences(minilm.heldout_sentences()[:16])
     return Case("minilm", f"all-MiniLM-L6-v2 ({len(reference)} held-out sentences)", src, "cosine",
                 cosine, calib, latency, f"16 held-out sentences, padded to {latency['input_ids'].shape[1]} tokens",
@@ -265,13 +271,14 @@ def run_naive(case: Case, work: Path, layers, prune: float, bits: int) -> Row:
                compress_s=seconds)
 
 
-def run_onnxjpq(case: Case, work: Path, label: str, config: OpqConfig, selection: Selection) -> Row:
+def run_onnxjpq(case: Case, work: Path, label: str, config: OpqConfig | AnncConfig, selection: Selection,
+                calib: Path | None = None) -> Row:
     dst = work / f"{case.name}.onnxjpq_{re.sub('[^0-9a-z]+', '_', label)}.onnx"
     start = time.perf_counter()
-    report = compress_file(case.src, dst, config, selection)
+    report = compress_file(case.src, dst, config, selection, calib=calib)
     seconds = time.perf_counter() - start
     totals = report["totals"]
-    if abs(totals["avg_bits"] - config.bits) > 0.05:
+    if isinstance(config, OpqConfig) and abs(totals["avg_bits"] - config.bits) > 0.05:
         label += f" (got {totals['avg_bits']:.2f} bits)"
     return Row("onnxjpq", label, dst, totals["rate"], totals["storage_rate"], seconds)
 
@@ -318,9 +325,10 @@ def bench_case(case: Case, work: Path, runs: int) -> tuple[list[Row], float]:
         _log(f"  {case.name}: naive prune {prune:g} int{bits}")
         rows.append(_guarded("naive prune+quant", f"prune {prune:g}, int{bits}",
                              lambda: run_naive(case, work, layers, prune, bits)))
-    for label, config, selection in case.jpq:
+    for label, config, selection, calib in case.jpq:
         _log(f"  {case.name}: onnxjpq {label}")
-        rows.append(_guarded("onnxjpq", label, lambda: run_onnxjpq(case, work, label, config, selection)))
+        rows.append(_guarded("onnxjpq", label,
+                             lambda: run_onnxjpq(case, work, label, config, selection, calib)))
     done = [r for r in rows if r.path is not None]
     fp32_bytes = case.src.stat().st_size
     for row in done:
@@ -443,6 +451,50 @@ def write_markdown(path: Path, command: str, sections: list[str], seconds: float
     path.write_text(text)
 
 
+# ------------------------------------------------------------------ fine-tuning
+
+
+FINETUNE_RUNS = (  # (CLI flags, method, config factory, train config)
+    ("--method masked --prune 0.9 --bits 3 --epochs 6 --lr 0.01", "masked",
+     lambda: OpqConfig(prune=0.9, bits=3), dict(epochs=6, lr=0.01)),
+    ("--method admm --rate 64 --epochs 15 --retrain-epochs 8 --lr 0.01", "admm",
+     lambda: _admm(64, 15, 8), dict(lr=0.01)),
+)
+
+
+def _admm(rate: float, epochs: int, retrain: int):
+    from onnxjpq.finetune.admm import AdmmConfig
+    return AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain)
+
+
+def finetune_markdown() -> str:
+    """lenet5 fine-tuned on its training split, evaluated on its test split."""
+    from onnxjpq.finetune.run import finetune
+    from onnxjpq.finetune.train import TrainConfig
+    from onnxjpq.io import load_model
+
+    src = ROOT / "models" / "lenet5.onnx"
+    model = load_model(src)
+    train = load_dataset(ROOT / "models" / "lenet5_train.npz", session(src))
+    test = load_dataset(ROOT / "models" / "lenet5_test.npz", session(src))
+    fp32 = accuracy(predict(session(src), test), test.labels)
+    lines = ["## Fine-tuning lenet5 (training split 1,347 images, test split 450)", "",
+             f"fp32 accuracy {fp32:.2f} %. Each row is `onnxjpq finetune models/lenet5.onnx -o out.onnx "
+             "--data models/lenet5_train.npz --val models/lenet5_test.npz` plus the flags shown.", "",
+             "| flags | rate | storage rate | accuracy before retraining | accuracy after | train s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for flags, method, config, train_options in FINETUNE_RUNS:
+        _log(f"  finetune: {flags}")
+        start = time.perf_counter()
+        out, report = finetune(model, config(), train, TrainConfig(**train_options), method, val=test)
+        seconds = time.perf_counter() - start
+        after = accuracy(predict(session(out), test), test.labels)
+        t = report["totals"]
+        lines.append(f"| `{flags}` | {t['rate']:.1f}x | {t['storage_rate']:.1f}x | "
+                     f"{report['finetune']['accuracy_before']:.2f} % | {after:.2f} % | {seconds:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -452,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ",".join(MODELS))
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--work", type=Path, help="keep the compressed models here (default: a temp folder)")
+    parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning section")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = sorted(set(names) - set(MODELS))
@@ -471,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             rows, fp32_latency = bench_case(case, work, runs)
             sections.append(case_markdown(case, rows, fp32_latency, runs))
             _log(sections[-1])
+        if not args.no_finetune:
+            sections.append(finetune_markdown())
     write_markdown(args.out, command, sections, time.perf_counter() - start, args.quick)
     _log(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
