@@ -221,13 +221,16 @@ def demo(models_dir, out_dir):
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
               help=".npz of training inputs (labels optional: without them, distil from SRC's outputs).")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False), help=".npz to report accuracy on each epoch.")
-@click.option("--method", type=click.Choice(["masked", "admm"]), default="masked", show_default=True,
+@click.option("--method", type=click.Choice(["masked", "admm", "djpq"]), default="masked", show_default=True,
               help="masked: OPQ's retraining with masks, steps and channel ranges frozen (STE); "
-                   "admm: ANNC/progressive ADMM to --rate, then masked retraining.")
+                   "admm: ANNC/progressive ADMM to --rate, then masked retraining; "
+                   "djpq: learned bit-widths and channel gates to a --rate BOPs reduction.")
 @click.option("--prune", type=float, default=None, help="masked, OPQ plan: global prune ratio.")
 @click.option("--bits", type=float, default=None, help="masked, OPQ plan: average bits.")
 @click.option("--rate", type=float, default=None,
-              help="masked: budget plan's storage rate; admm: the papers' rate 32N/sum(bits x nonzero).")
+              help="masked: budget plan's storage rate; admm: the papers' rate 32N/sum(bits x nonzero); "
+                   "djpq: BOPs reduction.")
+@click.option("--pow2-bits", is_flag=True, help="djpq: restrict learned bit-widths to powers of two.")
 @click.option("--epochs", type=int, default=5, show_default=True, help="Training epochs (admm: ADMM epochs).")
 @click.option("--retrain-epochs", type=int, default=10, show_default=True,
               help="admm: masked retraining epochs after the final projection.")
@@ -242,17 +245,19 @@ def demo(models_dir, out_dir):
 @click.option("--int4/--no-int4", default=True, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @_user_errors
-def finetune(src, dst, data_path, val_path, method, prune, bits, rate, epochs, retrain_epochs, rho, lr, batch,
-             optimizer, checkpoint, resume, include, exclude, keep, min_params, int4, report_path):
+def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits, epochs, retrain_epochs, rho, lr,
+             batch, optimizer, checkpoint, resume, include, exclude, keep, min_params, int4, report_path):
     """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
     from .errors import OptionError
     from .finetune.cli import run_finetune
 
-    if method == "admm":
+    if method in ("admm", "djpq"):
         from .finetune.admm import AdmmConfig
+        from .finetune.djpq import DjpqConfig
         if rate is None or prune is not None or bits is not None:
-            raise OptionError("--method admm takes --rate (the papers' rate), not --prune/--bits")
-        config = AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, rho=rho)
+            raise OptionError(f"--method {method} takes --rate, not --prune/--bits")
+        config = (AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, rho=rho) if method == "admm"
+                  else DjpqConfig(rate=rate, epochs=epochs, pow2=pow2_bits))
     else:
         config = _method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
     run_finetune(src, dst, data_path, val_path, method, config, _selection(include, exclude, keep, min_params),

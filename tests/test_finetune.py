@@ -144,3 +144,29 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
     two = predict(session(str(tmp_path / "two.onnx")), data)
     assert (one.argmax(1) == two.argmax(1)).mean() >= 0.98
     assert abs(accuracy(one, data.labels) - accuracy(two, data.labels)) <= 1.0
+
+
+@pytest.mark.slow
+def test_djpq_learns_bits_and_keeps_accuracy_at_a_bops_budget():
+    from onnxjpq.finetune.djpq import DjpqConfig
+
+    model = load_model(MODELS / "lenet5.onnx")
+    train = load_dataset(MODELS / "lenet5_train.npz", session(model))
+    test = load_dataset(MODELS / "lenet5_test.npz", session(model))
+    out, report = finetune(model, DjpqConfig(rate=20, epochs=20, retrain_epochs=8), train, TrainConfig(),
+                           method="djpq", val=test)
+    fp32 = accuracy(predict(session(model), test), test.labels)
+    assert accuracy(predict(session(out), test), test.labels) >= fp32 - 1.0
+    assert report["totals"]["bops_ratio"] >= 15
+    assert report["finetune"]["torch_vs_onnxruntime_max_abs"] < 1e-3
+    assert min(report["finetune"]["learned_bits"].values()) < 8  # some layer learned fewer bits
+
+
+def test_djpq_quantizer_bits_stay_between_2_and_8():
+    from onnxjpq.finetune.djpq import LayerQuantizer
+
+    q = LayerQuantizer(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), 0, 4, pow2=False)
+    with torch.no_grad():
+        for log_d in (-20.0, 0.0, 20.0):
+            q.log_d.fill_(log_d)
+            assert 2.0 <= float(q.bits()) <= 8.0 + 1e-6

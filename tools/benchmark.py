@@ -443,7 +443,8 @@ def write_markdown(path: Path, command: str, sections: list[str], seconds: float
         "latency / fp32's, same run, `intra_op_num_threads=1`; *compress s* = wall time of the "
         "compression call (calibration included). \"naive prune+quant\" is global magnitude pruning "
         "followed by per-channel symmetric rounding, stored as float. onnxjpq runs with its default "
-        "output and selection (QDQ, int4 where the codes fit, `--keep first,last`) unless the setting "
+        "output and selection (QDQ, int4 where the codes fit, `--keep auto`: first and last layer at 8 bits "
+        "with --prune/--bits, none in the budget mode) unless the setting "
         "says otherwise; \"(got B bits)\" is the average packed width onnxjpq reached when it differs "
         "from the one asked.", "",
         *sections])
@@ -459,7 +460,13 @@ FINETUNE_RUNS = (  # (CLI flags, method, config factory, train config)
      lambda: OpqConfig(prune=0.9, bits=3), dict(epochs=6, lr=0.01)),
     ("--method admm --rate 64 --epochs 15 --retrain-epochs 8 --lr 0.01", "admm",
      lambda: _admm(64, 15, 8), dict(lr=0.01)),
+    ("--method djpq --rate 20 --epochs 20 --retrain-epochs 8", "djpq", lambda: _djpq(20, 20, 8), dict()),
 )
+
+
+def _djpq(rate: float, epochs: int, retrain: int):
+    from onnxjpq.finetune.djpq import DjpqConfig
+    return DjpqConfig(rate=rate, epochs=epochs, retrain_epochs=retrain)
 
 
 def _admm(rate: float, epochs: int, retrain: int):
@@ -481,8 +488,8 @@ def finetune_markdown() -> str:
     lines = ["## Fine-tuning lenet5 (training split 1,347 images, test split 450)", "",
              f"fp32 accuracy {fp32:.2f} %. Each row is `onnxjpq finetune models/lenet5.onnx -o out.onnx "
              "--data models/lenet5_train.npz --val models/lenet5_test.npz` plus the flags shown.", "",
-             "| flags | rate | storage rate | accuracy before retraining | accuracy after | train s |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| flags | rate | storage rate | BOPs ratio | accuracy before retraining | accuracy after | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for flags, method, config, train_options in FINETUNE_RUNS:
         _log(f"  finetune: {flags}")
         start = time.perf_counter()
@@ -490,7 +497,7 @@ def finetune_markdown() -> str:
         seconds = time.perf_counter() - start
         after = accuracy(predict(session(out), test), test.labels)
         t = report["totals"]
-        lines.append(f"| `{flags}` | {t['rate']:.1f}x | {t['storage_rate']:.1f}x | "
+        lines.append(f"| `{flags}` | {t['rate']:.1f}x | {t['storage_rate']:.1f}x | {t['bops_ratio']:.1f}x | "
                      f"{report['finetune']['accuracy_before']:.2f} % | {after:.2f} % | {seconds:.0f} |")
     return "\n".join(lines) + "\n"
 

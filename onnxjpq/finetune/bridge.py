@@ -58,6 +58,7 @@ class OnnxModule(nn.Module):
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
         self.weight_transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.pre_forward: list[Callable[[], None]] = []  # e.g. sampling stochastic gates
 
     def parameter(self, name: str) -> nn.Parameter:
         return self.weights[self.alias[name]]
@@ -67,6 +68,8 @@ class OnnxModule(nn.Module):
         return {name: self.weights[a] for name, a in self.alias.items() if a in self.weights}
 
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        for hook in self.pre_forward:
+            hook()
         env: dict[str, torch.Tensor] = dict(self.constants)
         for name, param in self.named_weights().items():
             transform = self.weight_transform.get(name)

@@ -31,8 +31,8 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
     train_config = TrainConfig(**train_options)
     if train_config.resume and not Path(train_config.checkpoint).is_file():
         raise OptionError(f"--resume: no checkpoint at {train_config.checkpoint}")
-    if train_config.resume and method == "admm":
-        raise OptionError("--resume continues masked runs; ADMM state is not checkpointed yet")
+    if train_config.resume and method != "masked":
+        raise OptionError(f"--resume continues masked runs; {method} state is not checkpointed yet")
     epochs = train_config.epochs + (config.retrain_epochs if method == "admm" else 0)
     steps = epochs * -(-len(data) // train_config.batch)
     with Progress(console=console, transient=True) as progress:
@@ -41,6 +41,7 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
         def on_epoch(epoch: int, entry: dict) -> None:
             acc = f"  accuracy {entry['accuracy']:.2f}%" if "accuracy" in entry else ""
             target = f"  target rate {entry['target_rate']:.1f}x" if "target_rate" in entry else ""
+            target += f"  BOPs {entry['bops_ratio']:.1f}x fewer" if "bops_ratio" in entry else ""
             console.print(f"{entry.get('phase', '')} epoch {entry['epoch']}  loss {entry['loss']:.4f}{acc}{target}")
 
         out, report = finetune(model, config, data, train_config, method, selection, OutputConfig(int4=int4),

@@ -14,11 +14,14 @@ from ..layers import Selection
 from ..validate import Dataset, accuracy, predict, session
 from .bridge import OnnxModule, with_weights
 from ..layers import kept_names
+from ..macs import layer_macs, tensor_shapes
 from .admm import AdmmConfig, AdmmState, project
+from .djpq import DjpqConfig, DjpqState
 from .masked import masked_quantizer
 from .train import TrainConfig, train
 
-METHODS = ("masked", "admm")
+METHODS = ("masked", "admm", "djpq")
+_CONFIGS = {"admm": AdmmConfig, "djpq": DjpqConfig}
 
 
 def _evaluate(module: OnnxModule, data: Dataset, batch: int = 256) -> np.ndarray:
@@ -36,11 +39,14 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
 
     masked: `config` (OpqConfig or AnncConfig) solves the plan, which stays frozen.
     admm: `config` is an AdmmConfig; the plan comes from the final projection.
+    djpq: `config` is a DjpqConfig (a BOPs reduction); bits, steps and pruned channels are learned.
     """
     if method not in METHODS:
         raise OptionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if (method == "admm") != isinstance(config, AdmmConfig):
-        raise OptionError("the admm method takes an ADMM config (a paper rate); masked takes --prune/--bits or --rate")
+    wanted = _CONFIGS.get(method)
+    if (wanted is None and isinstance(config, tuple(_CONFIGS.values()))) or \
+            (wanted is not None and not isinstance(config, wanted)):
+        raise OptionError(f"the {method} method was given a {type(config).__name__}")
     layers, skipped = find_model_layers(model, selection)
     module = OnnxModule(model)
     teacher = None if data.labels is not None else _all_outputs(model, data)
@@ -57,7 +63,13 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
 
     labelled = check.labels is not None
     fp32 = accuracy(_evaluate(module, check), check.labels) if labelled else None
-    if method == "admm":
+    learned = None
+    if method == "djpq":
+        phase = "djpq"
+        plan, learned = _djpq_phase(model, module, layers, config, data, train_config, teacher, log_epoch, on_step)
+        masked_config = replace(train_config, epochs=config.retrain_epochs, lr=config.lr, optimizer="adam",
+                                resume=False)
+    elif method == "admm":
         phase = "admm"
         plan = _admm_phase(module, layers, skipped, selection, config, data, train_config, teacher, log_epoch,
                            on_step)
@@ -71,12 +83,38 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
         train(module, data, masked_config, teacher, log_epoch, on_step)
     out, report = apply_plan(with_weights(model, _final_arrays(module)), plan, selection, output,
                              {"method": method, "notes": []})
-    report["finetune"] = {"method": method, "config": asdict(config) if method == "admm" else None,
+    report["finetune"] = {"method": method, "config": asdict(config) if method != "masked" else None,
                           "train": asdict(train_config), "history": history, "accuracy_fp32": fp32,
-                          "accuracy_before": before,
+                          "accuracy_before": before, "learned_bits": learned,
                           "torch_vs_onnxruntime_max_abs": float(np.abs(_evaluate(module, check)
                                                                         - predict(session(out), check)).max())}
     return out, report
+
+
+def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, teacher, log_epoch, on_step):
+    """Train quantizers, gates and weights together; leave the module holding the learned weights
+    (codes x steps) with the DJPQ machinery removed, and return the plan giving them."""
+    shapes = tensor_shapes(model)
+    macs = {l.name: layer_macs(l, shapes) for l in layers}
+    if any(v is None for v in macs.values()):
+        raise OptionError("DJPQ needs every layer's MACs: shape inference could not find them")
+    state = DjpqState(module, layers, macs, config)
+
+    def end_epoch(epoch: int, entry: dict) -> None:
+        with torch.no_grad():
+            entry["bops_ratio"] = 1024 * float(state.macs.sum()) / float(state.soft_bops())
+        log_epoch(epoch, entry)
+
+    joint = replace(train_config, epochs=config.epochs, lr=config.lr, optimizer="adam", checkpoint=None, resume=False)
+    train(module, data, joint,
+          teacher, end_epoch,
+          on_step, regularizer=state.penalty)
+    arrays, plan = state.export()
+    state.detach()
+    with torch.no_grad():
+        for name, values in arrays.items():
+            module.parameter(name).copy_(torch.from_numpy(values))
+    return plan, plan.diagnostics["learned_bits"]
 
 
 def _set_masks(module: OnnxModule, layers, plan) -> None:

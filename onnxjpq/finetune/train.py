@@ -45,6 +45,15 @@ def _loss(outputs: list[torch.Tensor], labels: torch.Tensor | None, targets: lis
     return sum(F.mse_loss(o, t) for o, t in zip(outputs, targets))
 
 
+def _param_groups(module: torch.nn.Module, lr: float) -> list[dict]:
+    """One group per learning-rate scale: `module.lr_scales` maps parameters to multipliers."""
+    scales = getattr(module, "lr_scales", {})
+    groups: dict[float, list] = {}
+    for p in module.parameters():
+        groups.setdefault(scales.get(id(p), 1.0), []).append(p)
+    return [{"params": ps, "lr": lr * scale} for scale, ps in groups.items()]
+
+
 def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr)
@@ -82,7 +91,7 @@ def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: 
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         runner = DistributedDataParallel(module)
-    optimizer = _optimizer(module.parameters(), config)
+    optimizer = _optimizer(_param_groups(module, config.lr), config)
     steps_per_epoch = math.ceil(len(data) / config.batch)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / (config.epochs * steps_per_epoch))))
