@@ -51,7 +51,7 @@ from onnxruntime.quantization import (
 from onnxjpq import OpqConfig, Selection, compress_file
 from onnxjpq.methods.annc import AnncConfig
 from onnxjpq.compress import find_model_layers
-from onnxjpq.validate import accuracy, load_dataset, predict, session
+from onnxjpq.validate import accuracy, load_dataset, median_latency_ms, predict, session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("lenet5", "lenet300", "minilm")
@@ -297,16 +297,7 @@ def _guarded(method: str, setting: str, fn) -> Row:
 def measure_latency(paths: list[Path], feed: dict[str, np.ndarray], runs: int, warmup: int) -> list[float]:
     """Median seconds per run of each model, timed in turn so that drift hits all alike."""
     sessions = [session(p, threads=1) for p in paths]
-    for sess in sessions:
-        for _ in range(warmup):
-            sess.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for sess, spent in zip(sessions, times):
-            start = time.perf_counter()
-            sess.run(None, feed)
-            spent.append(time.perf_counter() - start)
-    return [float(np.median(t)) for t in times]
+    return [ms / 1e3 for ms in median_latency_ms(sessions, feed, runs, warmup)]
 
 
 def bench_case(case: Case, work: Path, runs: int) -> tuple[list[Row], float]:
