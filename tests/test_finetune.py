@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -170,3 +171,27 @@ def test_djpq_quantizer_bits_stay_between_2_and_8():
         for log_d in (-20.0, 0.0, 20.0):
             q.log_d.fill_(log_d)
             assert 2.0 <= float(q.bits()) <= 8.0 + 1e-6
+
+
+def test_a_users_own_torch_module_is_trained_in_place_of_the_bridge():
+    sys.path.insert(0, str(MODELS.parent / "tools"))
+    from make_demo_models import make_lenet300
+
+    model = load_model(MODELS / "lenet300.onnx")
+    net = make_lenet300()
+    net.load_state_dict({t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy())
+                         for t in model.graph.initializer})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    train = load_dataset(MODELS / "lenet300_train.npz", session(model))
+    out, report = finetune(model, OpqConfig(prune=0.5, bits=4), train, TrainConfig(epochs=1), torch_module=net)
+    assert report["finetune"]["torch_vs_onnxruntime_max_abs"] < 1e-3
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())  # it trained the user's net
+    test = load_dataset(MODELS / "lenet300_test.npz", session(model))
+    assert accuracy(predict(session(out), test), test.labels) >= 90
+
+
+def test_a_torch_module_with_other_parameter_names_is_refused():
+    model = load_model(MODELS / "lenet300.onnx")
+    train = load_dataset(MODELS / "lenet300_train.npz", session(model))
+    with pytest.raises(ModelError, match="parameter names must match"):
+        finetune(model, OpqConfig(bits=8), train, TrainConfig(epochs=1), torch_module=torch.nn.Linear(64, 10))

@@ -97,3 +97,44 @@ def with_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.
         if node.op_type == "Constant" and node.output[0] in arrays:
             node.attribute[0].t.CopyFrom(numpy_helper.from_array(arrays[node.output[0]].astype(np.float32)))
     return out
+
+
+class TorchModel(nn.Module):
+    """A user's own torch module in the bridge's place.
+
+    Its parameters must carry the ONNX initializer names of the weights to
+    compress (torch.onnx.export names initializers after the state_dict keys,
+    so a module and its export match). Weight transforms are applied with
+    torch.func.functional_call, so the user's module is never modified.
+    """
+
+    def __init__(self, module: nn.Module, model: onnx.ModelProto, required: list[str]):
+        super().__init__()
+        self.inner = module
+        names = dict(module.named_parameters())
+        missing = [n for n in required if n not in names]
+        if missing:
+            raise ModelError(f"the torch module has no parameter named {', '.join(missing[:3])}: its parameter "
+                             "names must match the ONNX initializer names")
+        onnx_names = {t.name for t in model.graph.initializer} | {
+            n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+        self._weights = {n: p for n, p in names.items() if n in onnx_names}
+        self.weight_transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.pre_forward: list[Callable[[], None]] = []
+
+    def parameter(self, name: str) -> nn.Parameter:
+        return self._weights[name]
+
+    def named_weights(self) -> dict[str, nn.Parameter]:
+        return dict(self._weights)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {name: p.detach().cpu().numpy() for name, p in self._weights.items()}
+
+    def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        for hook in self.pre_forward:
+            hook()
+        params = {name: self.weight_transform[name](p) if name in self.weight_transform else p
+                  for name, p in self.inner.named_parameters()}
+        out = torch.func.functional_call(self.inner, params, inputs)
+        return list(out) if isinstance(out, (tuple, list)) else [out]

@@ -12,7 +12,7 @@ from ..compress import _SELECTED_OUT, OutputConfig, apply_plan, find_model_layer
 from ..errors import OptionError
 from ..layers import Selection
 from ..validate import Dataset, accuracy, predict, session
-from .bridge import OnnxModule, with_weights
+from .bridge import OnnxModule, TorchModel, with_weights
 from ..layers import kept_names
 from ..macs import layer_macs, tensor_shapes
 from .admm import AdmmConfig, AdmmState, project
@@ -34,8 +34,12 @@ def _evaluate(module: OnnxModule, data: Dataset, batch: int = 256) -> np.ndarray
 
 def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainConfig = TrainConfig(),
              method: str = "masked", selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
-             val: Dataset | None = None, on_epoch=None, on_step=None) -> tuple[onnx.ModelProto, dict]:
+             val: Dataset | None = None, on_epoch=None, on_step=None,
+             torch_module: torch.nn.Module | None = None) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `model` and rewrite it.
+
+    `torch_module`: train the user's own module instead of running the ONNX
+    graph in torch; its parameter names must be the ONNX initializer names.
 
     masked: `config` (OpqConfig or AnncConfig) solves the plan, which stays frozen.
     admm: `config` is an AdmmConfig; the plan comes from the final projection.
@@ -48,7 +52,8 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
             (wanted is not None and not isinstance(config, wanted)):
         raise OptionError(f"the {method} method was given a {type(config).__name__}")
     layers, skipped = find_model_layers(model, selection)
-    module = OnnxModule(model)
+    module = (OnnxModule(model) if torch_module is None
+              else TorchModel(torch_module, model, [l.name for l in layers]))
     teacher = None if data.labels is not None else _all_outputs(model, data)
     check = val if val is not None else data
     history: list[dict] = []
