@@ -12,9 +12,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from .errors import ModelError, OptionError
 
@@ -127,3 +128,16 @@ def file_bytes(path: str | os.PathLike) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def with_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers / Constant values named in `arrays` are replaced."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name in arrays:
+            tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name].astype(np.float32), tensor.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in arrays:
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(arrays[node.output[0]].astype(np.float32)))
+    return out

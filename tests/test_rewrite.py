@@ -24,6 +24,7 @@ from onnx import TensorProto, numpy_helper
 
 from onnxjpq import OpqConfig, OutputConfig, Selection, compress_model, find_layers, solve_opq
 from onnxjpq.compress import plan_model
+from onnxjpq.io import with_weights
 from onnxjpq.layers import kept_names
 from onnxjpq.quant import to_channels
 from onnxjpq.testing import laplace, make_model, run
@@ -139,19 +140,6 @@ def _weight_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _with_weights(model: onnx.ModelProto, new: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` with the named initializers / Constant-node values replaced."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name in new:
-            t.CopyFrom(numpy_helper.from_array(new[t.name].astype(np.float32), t.name))
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output[0] in new:
-            node.attribute[0].t.CopyFrom(numpy_helper.from_array(new[node.output[0]].astype(np.float32)))
-    return out
-
-
 def _plan(model: onnx.ModelProto, config: OpqConfig, fmt: str, int4: bool = True):
     """The layers `find_layers` returns and the masks and steps solved for them.
 
@@ -206,7 +194,7 @@ def _reference(model: onnx.ModelProto, expected, stored: dict[str, np.ndarray]) 
         _assert_codes_match(stored[name], codes, ties)
         codes = np.where(ties, stored[name], codes)
         new[name] = codes.astype(np.float32) * step.astype(np.float32)
-    return _with_weights(model, new)
+    return with_weights(model, new)
 
 
 def _stored_codes(out: onnx.ModelProto, expected) -> dict[str, np.ndarray]:

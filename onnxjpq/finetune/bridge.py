@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..errors import ModelError
+from ..io import with_weights  # noqa: F401  (re-exported: the fine-tuning writes weights back with it)
 from .ops import OPS
 
 
@@ -84,19 +85,6 @@ class OnnxModule(nn.Module):
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Current values of the trainable tensors, by ONNX name."""
         return {name: p.detach().cpu().numpy() for name, p in self.named_weights().items()}
-
-
-def with_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose initializers / Constant values named in `arrays` are replaced."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for tensor in out.graph.initializer:
-        if tensor.name in arrays:
-            tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name].astype(np.float32), tensor.name))
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output[0] in arrays:
-            node.attribute[0].t.CopyFrom(numpy_helper.from_array(arrays[node.output[0]].astype(np.float32)))
-    return out
 
 
 class TorchModel(nn.Module):
