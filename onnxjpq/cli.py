@@ -53,6 +53,7 @@ _selection_options = [
                       "'auto' is first,last with --prune/--bits and none with a budget; 'none' keeps none."),
     click.option("--min-params", type=int, default=64, show_default=True,
                  help="Weights with fewer values stay float."),
+    click.option("--embeddings", is_flag=True, help="Also compress float tables read by Gather (embeddings)."),
 ]
 
 
@@ -62,13 +63,13 @@ def _with_selection(func):
     return func
 
 
-def _selection(include, exclude, keep, min_params):
+def _selection(include, exclude, keep, min_params, embeddings=False):
     from .errors import OptionError
     from .layers import Selection
     if min_params < 0:
         raise OptionError(f"--min-params must be >= 0, got {min_params}")
     keep = tuple(k for k in _split(keep) if k != "none")
-    return Selection(_split(include), _split(exclude), keep, min_params)
+    return Selection(_split(include), _split(exclude), keep, min_params, embeddings)
 
 
 def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits, pow2,
@@ -148,7 +149,8 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
 @_user_errors
 def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
              activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path,
-             prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, report_path,
+             prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, embeddings,
+             report_path,
              plot_dir, quiet):
     """Prune and quantize the weights of SRC into a new ONNX file.
 
@@ -168,7 +170,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
             from .errors import OptionError
             raise OptionError("--granularity applies to --prune/--bits and --rate/--size-kb")
         config = replace(config, granularity=granularity)
-    selection = _selection(include, exclude, keep, min_params)
+    selection = _selection(include, exclude, keep, min_params, embeddings)
     console = _console(quiet)
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))
     act = (ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq)
@@ -191,11 +193,11 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
 @_with_selection
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @_user_errors
-def inspect(src, include, exclude, keep, min_params, as_json):
+def inspect(src, include, exclude, keep, min_params, embeddings, as_json):
     """List the compressible weights of SRC with their Laplace fit."""
     from .inspection import inspect_file, print_inspection
 
-    result = inspect_file(src, _selection(include, exclude, keep, min_params))
+    result = inspect_file(src, _selection(include, exclude, keep, min_params, embeddings))
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -246,7 +248,7 @@ def demo(models_dir, out_dir):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @_user_errors
 def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits, epochs, retrain_epochs, rho, lr,
-             batch, optimizer, checkpoint, resume, include, exclude, keep, min_params, int4, report_path):
+             batch, optimizer, checkpoint, resume, include, exclude, keep, min_params, embeddings, int4, report_path):
     """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
     from .errors import OptionError
     from .finetune.cli import run_finetune
@@ -260,7 +262,8 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
                   else DjpqConfig(rate=rate, epochs=epochs, pow2=pow2_bits))
     else:
         config = _method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
-    run_finetune(src, dst, data_path, val_path, method, config, _selection(include, exclude, keep, min_params),
+    run_finetune(src, dst, data_path, val_path, method, config,
+                 _selection(include, exclude, keep, min_params, embeddings),
                  dict(epochs=epochs, lr=lr, batch=batch, optimizer=optimizer,
                       checkpoint=checkpoint or f"{dst}.ckpt", resume=resume),
                  int4, report_path, _console())

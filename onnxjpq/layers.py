@@ -37,6 +37,7 @@ class Selection:
     exclude: tuple[str, ...] = ()
     keep: tuple[str, ...] = ("auto",)
     min_params: int = 64
+    embeddings: bool = False  # also compress float tables read by Gather (token embeddings)
 
 
 @dataclass(eq=False)
@@ -142,6 +143,8 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
         op, shape = slots[0][0].op, tuple(constant.shape)
         names = [name] + [slot[0].name for slot in slots]
         reason = _refusal(graph, tensor, constant, slots)
+        if reason is None and not selection.embeddings and all(slot[2].embedding for slot in slots):
+            reason = "embedding table (--embeddings compresses it)"
         if reason is None and int(np.prod(shape)) < selection.min_params:
             reason = f"{int(np.prod(shape))} params, below --min-params {selection.min_params}"
         if reason is None and selection.include and not _matches(selection.include, names):

@@ -50,6 +50,8 @@ def layer_macs(layer: WeightLayer, shapes: dict[str, tuple[int, ...]]) -> int | 
     (input elements x weights per input channel for ConvTranspose)."""
     total = 0
     for node, _ in layer.uses:
+        if node.op == "Gather":  # a table lookup multiplies nothing
+            continue
         if node.op == "ConvTranspose":
             shape, per = shapes.get(node.inputs[0].name), layer.values.size / layer.values.shape[0]
         else:

@@ -24,6 +24,7 @@ class OpSpec:
     min_rank: int = 2
     max_rank: int | None = None
     grouped_axis: bool = False
+    embedding: bool = False  # a lookup table (no MACs): compressed only when asked for
 
 
 def _const(axis: int) -> Callable[[Mapping, int], int]:
@@ -37,6 +38,7 @@ WEIGHT_SLOTS: tuple[OpSpec, ...] = (
     OpSpec("Gemm", 0, lambda a, r: 1 if a.get("transA", 0) else 0, max_rank=2),
     OpSpec("MatMul", 1, lambda a, r: r - 1),
     OpSpec("MatMul", 0, _const(0), max_rank=2),
+    OpSpec("Gather", 0, lambda a, r: a.get("axis", 0) % r, embedding=True),
 )
 
 WEIGHT_OPS = frozenset(spec.op for spec in WEIGHT_SLOTS)

@@ -114,6 +114,17 @@ def test_int8_keeps_sentence_embeddings(minilm_model):
 
 
 @pytest.mark.slow
+def test_with_embeddings_the_file_shrinks_and_cosine_holds(minilm_model, minilm_path, tmp_path):
+    from onnxjpq.layers import Selection
+
+    compressed, report = compress_model(minilm_model, OpqConfig(bits=8), Selection(embeddings=True))
+    assert "layers.0.query.weight" in {row["name"] for row in report["layers"]}
+    assert len(report["layers"]) > 36  # the token, position and type tables too
+    assert compressed.ByteSize() <= 0.3 * minilm_path.stat().st_size
+    assert _mean_cosine(minilm_model, compressed) >= 0.99
+
+
+@pytest.mark.slow
 def test_rate_6_with_calibration_sentences_keeps_cosine_099(minilm_model, tmp_path):
     from onnxjpq.budget import compress_calibrated
     from onnxjpq.compress import OutputConfig
