@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from onnxjpq import OptionError, Selection
 from onnxjpq.compress import compress_model
 from onnxjpq.io import load_model
-from onnxjpq.methods.annc import (AnncConfig, allocate, index_cost, layer_options, solve_annc,
-                                  uniform_choice)
+from onnxjpq.methods.annc import (AnncConfig, allocate, index_cost, layer_options, solve_annc)
 from onnxjpq.report import index_bits
 from onnxjpq.testing import laplace
 from onnxjpq.validate import accuracy, load_dataset, predict, session
