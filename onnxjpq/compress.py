@@ -218,7 +218,10 @@ def _check(model: onnx.ModelProto, runtime: bool) -> None:
 def _run(model, config, selection, output, progress, calib):
     """Dispatch on the config: a plain solve, a calibrated budget, or an accuracy search."""
     from .search import SearchConfig
-    from .validate import load_dataset, session
+    from .validate import load_dataset, open_session
+
+    def dataset(path):  # one clear error for a model onnxruntime rejects, before any data is read
+        return load_dataset(path, open_session(model))
 
     if output.activations is not None:
         if calib is None:
@@ -227,21 +230,19 @@ def _run(model, config, selection, output, progress, calib):
             raise OptionError("--max-drop searches weight compression only; drop --activations")
         from .activations import compress_with_activations
         out, report = compress_with_activations(model, config, selection, output,
-                                                load_dataset(calib, session(model)), progress)
+                                                dataset(calib), progress)
         _check(out, output.check_runtime)
         return out, report
     if isinstance(config, SearchConfig):
         from .search import search_rate
         if calib is not None:
             raise OptionError("--max-drop measures on --data; --calib is not used with it")
-        data = load_dataset(config.data_path, session(model))
-        return search_rate(model, config, data, selection, output)
+        return search_rate(model, config, dataset(config.data_path), selection, output)
     if calib is not None:
         if not isinstance(config, AnncConfig):
             raise OptionError("calibration data is used by the budget mode: give a rate or a size")
         from .budget import compress_calibrated
-        return compress_calibrated(model, config, selection, output, load_dataset(calib, session(model)),
-                                   progress)
+        return compress_calibrated(model, config, selection, output, dataset(calib), progress)
     return compress_model(model, config, selection, output, progress)
 
 

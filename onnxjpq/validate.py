@@ -118,18 +118,21 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.reshape(len(labels), -1).argmax(axis=1) == labels).mean() * 100)
 
 
-def open_session(path: str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
-    """A session on an ONNX file, refusing unreadable files and models onnxruntime rejects as ModelError."""
+def open_session(path: str | os.PathLike | onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A session on an ONNX file or loaded model, refusing unreadable files and models
+    onnxruntime rejects as ModelError."""
     from .io import load_model
 
-    load_model(path)  # a clear error for a missing, truncated or non-ONNX file
+    if not isinstance(path, onnx.ModelProto):
+        load_model(path)  # a clear error for a missing, truncated or non-ONNX file
     try:
         return session(path, threads)
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented,
             ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{path}: onnxruntime cannot load it ({first})") from None
+        name = "the model" if isinstance(path, onnx.ModelProto) else path
+        raise ModelError(f"{name}: onnxruntime cannot load it ({first})") from None
 
 
 # ---------------------------------------------------------------- batches

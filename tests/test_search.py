@@ -50,3 +50,24 @@ def test_search_config_is_checked():
         SearchConfig(max_drop=-1)
     with pytest.raises(OptionError):
         SearchConfig(max_drop=1, start_rate=600)
+
+
+def test_a_model_onnxruntime_rejects_is_a_one_line_error(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["h"]),
+                               helper.make_node("Mystery", ["h"], ["y"], domain="example.custom")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("example.custom", 1)])
+    src = tmp_path / "custom.onnx"
+    onnx.save_model(model, str(src))
+    np.savez(tmp_path / "d.npz", x=np.ones((3, 4), np.float32))
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--max-drop", "1",
+                                       "--data", str(tmp_path / "d.npz")])
+    assert result.exit_code == 2
+    assert "onnxruntime cannot load it" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.onnx").exists()

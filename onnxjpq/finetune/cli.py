@@ -9,7 +9,7 @@ from ..compress import OutputConfig
 from ..errors import OptionError
 from ..io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
 from ..report import print_report
-from ..validate import load_dataset, session
+from ..validate import load_dataset, open_session
 from .train import TrainConfig
 
 
@@ -25,7 +25,7 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
     if rank != 0:  # under torchrun only the first process talks and writes
         console.quiet = True
     model = load_model(src)
-    sess = session(model)
+    sess = open_session(model)
     data = load_dataset(data_path, sess)
     val = load_dataset(val_path, sess) if val_path else None
     train_config = TrainConfig(**train_options)
