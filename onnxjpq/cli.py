@@ -1,7 +1,10 @@
 """Command line: `onnxjpq compress | inspect | demo | finetune | eval | sweep | sensitivity`.
 
 The commands parse options, build configs and call the API. A user error
-(`OnnxjpqError`) prints one line and exits with status 2.
+(`OnnxjpqError`, an unwritable output) prints one `error: ...` line on stderr
+and exits with status 2; a failed validation (`ValidationError`) with 1.
+Logs, tables and progress go to stderr; stdout carries only the JSON that
+`--json` asks for.
 """
 
 from __future__ import annotations
@@ -17,15 +20,77 @@ from . import __version__
 from .errors import OnnxjpqError
 
 
-def _user_errors(func):
-    @wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except OnnxjpqError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-    return wrapper
+_INPUT_FAULTS: tuple[type[BaseException], ...] | None = None
+
+
+def _input_fault_types() -> tuple[type[BaseException], ...]:
+    """The onnx/onnxruntime exceptions a model the tools reject raises (checked against the input)."""
+    global _INPUT_FAULTS
+    if _INPUT_FAULTS is None:
+        import onnx
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+        _INPUT_FAULTS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+                         ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidArgument,
+                         ort_state.NotImplemented, ort_state.InvalidProtobuf)
+    return _INPUT_FAULTS
+
+
+def _input_fault(path) -> OnnxjpqError | None:
+    """Why the input model itself is unusable (too new, custom ops, rejected by onnxruntime), or None."""
+    from .errors import ModelError
+    from .io import load_model
+    from .opset import check_supported
+    from .validate import open_session
+
+    try:
+        model = load_model(path)
+        check_supported(model, str(path))
+        open_session(model)
+    except OnnxjpqError as exc:
+        return exc
+    except _input_fault_types() as exc:
+        return ModelError(f"{path}: {_first_line(exc)}")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _fail(message: str, code: int):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _user_errors(*model_args: str):
+    """Turn the errors a command may meet into one `error: ...` line and an exit status.
+
+    OnnxjpqError: its message, status `exit_code` (2, or 1 for a failed validation).
+    OSError (a read-only folder, a full disk): the file and the reason, status 2.
+    onnx/onnxruntime rejecting a model: blamed on the input named by `model_args`
+    only when the input itself fails the same checks; otherwise it is our bug and
+    keeps its traceback.
+    """
+    def decorate(func):
+        @wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except OnnxjpqError as exc:
+                _fail(str(exc), exc.exit_code)
+            except OSError as exc:
+                reason = exc.strerror or _first_line(exc)
+                _fail(f"{exc.filename}: {reason}" if exc.filename else f"cannot write the output: {reason}", 2)
+            except _input_fault_types():
+                for name in model_args:
+                    fault = _input_fault(kwargs[name]) if kwargs.get(name) else None
+                    if fault is not None:
+                        _fail(str(fault), 2)
+                raise
+        return wrapper
+    return decorate
 
 
 def _console(quiet: bool = False):
@@ -39,7 +104,18 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES = """\b
+Exit status:
+  0  success
+  1  a compressed model failed the validation asked for
+     (eval --max-drop)
+  2  bad input or usage: unreadable or unsupported model, bad
+     option or data file, output that cannot be written
+Errors are one line on stderr ("error: ..."). Logs, tables and
+progress go to stderr; with --json the JSON alone goes to stdout."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="onnxjpq")
 def main():
     """Prune and quantize ONNX models (OPQ), and check them with onnxruntime."""
@@ -146,12 +222,13 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
               help="Draw the per-layer bits and pruning figure (layers.png) in this folder; needs matplotlib.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@_user_errors
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
+@_user_errors("src")
 def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
              activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path,
              prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, embeddings,
              report_path,
-             plot_dir, quiet):
+             plot_dir, quiet, as_json):
     """Prune and quantize the weights of SRC into a new ONNX file.
 
     Give --prune/--bits for the analytic OPQ solve, or --rate/--size-kb for
@@ -186,14 +263,17 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     if plot_dir:
         from .plots import plot_layers
         console.print(f"wrote {plot_layers(report, plot_dir)}")
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
 
 
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @_with_selection
-@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-@_user_errors
-def inspect(src, include, exclude, keep, min_params, embeddings, as_json):
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (and the JSON with --json).")
+@_user_errors("src")
+def inspect(src, include, exclude, keep, min_params, embeddings, as_json, quiet):
     """List the compressible weights of SRC with their Laplace fit."""
     from .inspection import inspect_file, print_inspection
 
@@ -201,7 +281,7 @@ def inspect(src, include, exclude, keep, min_params, embeddings, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        print_inspection(result, _console())
+        print_inspection(result, _console(quiet))
 
 
 @main.command()
@@ -209,7 +289,7 @@ def inspect(src, include, exclude, keep, min_params, embeddings, as_json):
               help="Folder with lenet5.onnx and its test data (default: the bundled models/).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Keep the compressed models here (default: a temporary folder).")
-@_user_errors
+@_user_errors()
 def demo(models_dir, out_dir):
     """Compress the bundled digits CNN at a few settings; compare accuracy with onnxruntime."""
     from .demo import print_demo, run_demo
@@ -246,9 +326,12 @@ def demo(models_dir, out_dir):
 @_with_selection
 @click.option("--int4/--no-int4", default=True, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
-@_user_errors
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
+@_user_errors("src")
 def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits, epochs, retrain_epochs, rho, lr,
-             batch, optimizer, checkpoint, resume, include, exclude, keep, min_params, embeddings, int4, report_path):
+             batch, optimizer, checkpoint, resume, include, exclude, keep, min_params, embeddings, int4, report_path,
+             quiet, as_json):
     """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
     from .errors import OptionError
     from .finetune.cli import run_finetune
@@ -262,11 +345,13 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
                   else DjpqConfig(rate=rate, epochs=epochs, pow2=pow2_bits))
     else:
         config = _method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
-    run_finetune(src, dst, data_path, val_path, method, config,
-                 _selection(include, exclude, keep, min_params, embeddings),
-                 dict(epochs=epochs, lr=lr, batch=batch, optimizer=optimizer,
-                      checkpoint=checkpoint or f"{dst}.ckpt", resume=resume),
-                 int4, report_path, _console())
+    report = run_finetune(src, dst, data_path, val_path, method, config,
+                          _selection(include, exclude, keep, min_params, embeddings),
+                          dict(epochs=epochs, lr=lr, batch=batch, optimizer=optimizer,
+                               checkpoint=checkpoint or f"{dst}.ckpt", resume=resume),
+                          int4, report_path, _console(quiet))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
 
 
 def _progress(console, description: str):
@@ -280,10 +365,15 @@ def _progress(console, description: str):
                                       transient=True)
 
 
-def _write_json(text: str, path, near) -> None:
+def _write_json(text: str, path, near, console) -> None:
+    """Write `text` to the file `path`, or to stdout when `path` is '-'."""
     from .io import check_output_path, write_text_atomic
 
+    if str(path) == "-":
+        click.echo(text, nl=False)
+        return
     write_text_atomic(check_output_path(near, path), text)
+    console.print(f"wrote {path}")
 
 
 @main.command("eval")
@@ -294,7 +384,11 @@ def _write_json(text: str, path, near) -> None:
                    "yielding feed dicts {input name: batch array, 'labels': optional}.")
 @click.option("--labels", "labels_key", default="labels", show_default=True,
               help="Name of the labels array in the .npz (or key in each fed dict).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the figures as JSON ('-': on stdout).")
+@click.option("--max-drop", type=float, default=None,
+              help="Validate: exit with status 1 if CAND loses more than this many top-1 accuracy points "
+                   "(agreement points without labels).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per run (and in the timed batch).")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="onnxruntime intra-op threads for both models (0: onnxruntime's default).")
@@ -302,18 +396,22 @@ def _write_json(text: str, path, near) -> None:
               help="Timed runs of one batch per model, interleaved; 0 skips timing.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs before timing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@_user_errors
-def eval_command(ref, cand, data, labels_key, json_path, batch, threads, runs, warmup, quiet):
+@_user_errors("ref", "cand")
+def eval_command(ref, cand, data, labels_key, json_path, max_drop, batch, threads, runs, warmup, quiet):
     """Compare CAND with REF in onnxruntime: accuracy, top-1 agreement, output SNR, latency, size."""
-    from .evaluate import EvalConfig, evaluate_files, print_evaluation, to_json
+    from .evaluate import EvalConfig, check_drop, evaluate_files, print_evaluation, to_json
 
     config = EvalConfig(batch=batch, threads=threads, runs=runs, warmup=warmup, labels_key=labels_key)
+    if max_drop is not None and not max_drop >= 0:
+        from .errors import OptionError
+        raise OptionError(f"--max-drop must be >= 0 points, got {max_drop}")
     console = _console(quiet)
     result = evaluate_files(ref, cand, data, config, _progress(console, "evaluating"))
     print_evaluation(result, console)
     if json_path:
-        _write_json(to_json(result), json_path, cand)
-        console.print(f"wrote {json_path}")
+        _write_json(to_json(result), json_path, cand, console)
+    if max_drop is not None:
+        check_drop(result, max_drop)
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -340,8 +438,11 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 @click.option("--plot-drop", type=float, default=1.0, show_default=True,
               help="Points of accuracy (agreement) the default per-layer figure's point may lose.")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Draw the PNG figures (matplotlib).")
-@_user_errors
-def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plot_point, plot_drop, plot):
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print sweep.json's content on stdout.")
+@_user_errors("src")
+def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plot_point, plot_drop, plot, quiet,
+                  as_json):
     """Compress SRC at every --prune x --bits point, measure each on --data, plot the trade-off."""
     from .sweep import SweepConfig, default_jobs, parse_point, plot_sweep_files, print_sweep, sweep
 
@@ -353,13 +454,16 @@ def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plo
     if plot:
         from .plots import require_matplotlib
         require_matplotlib()
-    console = _console()
+    console = _console(quiet)
     summary = sweep(src, data, out_dir, config, _progress(console, f"{len(config.grid())} points"))
     print_sweep(summary, console)
     written = ["sweep.csv", "sweep.json"]
     if plot:
         written += [p.name for p in plot_sweep_files(summary, Path(out_dir))]
     console.print(f"wrote {', '.join(written)} and the models in {out_dir}")
+    if as_json:
+        from .evaluate import to_json
+        click.echo(to_json(summary), nl=False)
 
 
 @main.command("sensitivity")
@@ -373,10 +477,13 @@ def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plo
 @click.option("--min-params", type=int, default=64, show_default=True, help="Weights with fewer values are skipped.")
 @click.option("--labels", "labels_key", default="labels", show_default=True, help="Name of the labels array.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime run.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the ranked layers as JSON.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the ranked layers as JSON ('-': on stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw the ranked layers as a PNG.")
-@_user_errors
-def sensitivity_command(src, data, prune, bits, rank_by, min_params, labels_key, batch, json_path, plot_path):
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@_user_errors("src")
+def sensitivity_command(src, data, prune, bits, rank_by, min_params, labels_key, batch, json_path, plot_path,
+                        quiet):
     """Compress one layer of SRC at a time and rank the layers by the damage each does alone."""
     from .evaluate import to_json
     from .sensitivity import SensitivityConfig, measure_sensitivity, print_sensitivity
@@ -386,12 +493,11 @@ def sensitivity_command(src, data, prune, bits, rank_by, min_params, labels_key,
     if plot_path:
         from .plots import require_matplotlib
         require_matplotlib()
-    console = _console()
+    console = _console(quiet)
     result = measure_sensitivity(src, data, config, _progress(console, "layers"))
     print_sensitivity(result, console)
     if json_path:
-        _write_json(to_json(result), json_path, src)
-        console.print(f"wrote {json_path}")
+        _write_json(to_json(result), json_path, src, console)
     if plot_path:
         from .plots import plot_sensitivity
         console.print(f"wrote {plot_sensitivity(result, plot_path)}")

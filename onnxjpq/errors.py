@@ -1,13 +1,21 @@
-"""Error types.
+"""Error types and the command line's exit statuses.
 
-`OnnxjpqError` and its subclasses are the user's fault (bad file, bad option):
-the CLI prints their one-line message and exits with status 2. Any other
-exception is a bug in onnxjpq and keeps its traceback.
+`OnnxjpqError` and its subclasses are explained in one line. The CLI prints
+`error: <message>` on stderr and exits with the error's `exit_code`: 2 for the
+user's input or options (bad file, bad option, unwritable output), 1 for a
+compressed model that failed the validation asked for (`ValidationError`).
+Any other exception is a bug in onnxjpq and keeps its traceback.
 """
+
+EXIT_OK = 0
+EXIT_VALIDATION = 1
+EXIT_INPUT = 2
 
 
 class OnnxjpqError(Exception):
     """A problem with the user's input, explained in one line."""
+
+    exit_code = EXIT_INPUT
 
 
 class ModelError(OnnxjpqError):
@@ -20,3 +28,13 @@ class OptionError(OnnxjpqError):
 
 class DataError(OnnxjpqError):
     """A data file does not match the model's inputs."""
+
+
+class OutputError(OnnxjpqError):
+    """An output file cannot be written (read-only folder, disk full)."""
+
+
+class ValidationError(OnnxjpqError):
+    """The compressed model does not meet the accuracy the user asked for (exit status 1)."""
+
+    exit_code = EXIT_VALIDATION

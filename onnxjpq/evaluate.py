@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .errors import DataError, ModelError, OptionError
+from .errors import DataError, ModelError, OptionError, ValidationError
 from .io import file_bytes
 
 
@@ -272,6 +272,21 @@ def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalCon
             "metrics": metrics, "outputs": result.outputs,
             "sizes": {"bytes_ref": bytes_ref, "bytes_cand": bytes_cand, "size_ratio": bytes_ref / bytes_cand},
             "totals": stored_totals(cand_path), "config": asdict(config)}
+
+
+def check_drop(result: dict, max_drop: float) -> None:
+    """Raise ValidationError when the candidate loses more than `max_drop` points: top-1 accuracy
+    points with labels, else points of top-1 disagreement with the reference."""
+    m = result["metrics"]
+    if m["accuracy_drop"] is not None:
+        drop, what = m["accuracy_drop"], "accuracy"
+    elif m["agreement"] is not None:
+        drop, what = 100.0 - m["agreement"], "agreement"
+    else:
+        raise OptionError("--max-drop needs a class axis in output 0 (top-1 accuracy or agreement)")
+    if drop > max_drop:
+        raise ValidationError(f"{result['cand']} loses {drop:.2f} {what} points on {result['data']}, "
+                              f"more than --max-drop {max_drop:g}")
 
 
 def to_json(result: dict) -> str:

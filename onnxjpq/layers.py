@@ -2,8 +2,14 @@
 
 A weight is a constant float32 tensor (an initializer, or the value of a
 Constant node, as some exporters write every weight) feeding one of the slots
-of `ops.WEIGHT_SLOTS`. Every candidate that is not compressed is returned with
-the reason, so the report can say why.
+of `ops.WEIGHT_SLOTS`, directly or through a chain of Transpose, Reshape (by a
+constant shape) and Cast nodes (`MatMul(x, Transpose(W))`, `Gemm(x, Cast(W16))`).
+Such a weight is compressed where it is stored: its output-channel axis is
+mapped back through the chain (Transpose perm; Reshape when the channel
+dimension survives it), a float16/float64 source is compressed when a Cast
+makes it float32 before the slot. Every candidate that is not compressed is
+returned with the reason, so the report can say why: weights holding NaN or
+Inf are left as they are.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .ops import OpSpec, weight_slot
@@ -53,6 +60,7 @@ class WeightLayer:
     uses: list[tuple[gs.Node, int]] = field(default_factory=list)
     producer: gs.Node | None = None  # the Constant node holding it, if any
     home: gs.Graph | None = None  # the (sub)graph where a DequantizeLinear for it belongs
+    chain: tuple[gs.Node, ...] = ()  # Transpose/Reshape/Cast nodes from the stored tensor to `uses`
 
     @property
     def node_names(self) -> list[str]:
@@ -78,50 +86,192 @@ def _weight_constant(tensor) -> tuple[gs.Constant, gs.Node | None] | None:
     return None
 
 
+PASS_THROUGH = ("Transpose", "Reshape", "Cast")  # ops a weight may pass through on its way to a slot
+_MAX_CHAIN = 8
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a slot's input is stored: `root` (the tensor holding `constant`) and the chain to the slot."""
+
+    root: object
+    constant: gs.Constant
+    producer: gs.Node | None
+    chain: tuple[gs.Node, ...]
+
+
+def _source(tensor) -> _Source | None:
+    """The constant behind a slot input, followed back through Transpose/Reshape/Cast nodes."""
+    chain: list[gs.Node] = []
+    while len(chain) <= _MAX_CHAIN:
+        direct = _weight_constant(tensor)
+        if direct is not None:
+            return _Source(tensor, *direct, tuple(reversed(chain)))
+        if not (isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1):
+            return None
+        node = tensor.inputs[0]
+        if node.op not in PASS_THROUGH or not node.inputs or len(node.outputs) != 1:
+            return None
+        chain.append(node)
+        tensor = node.inputs[0]
+    return None
+
+
 def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
     """The graph and every subgraph (If/Loop/Scan bodies), outermost first."""
     return [graph, *graph.subgraphs(recursive=True)]
 
 
-def _candidates(graph: gs.Graph) -> dict[str, tuple]:
-    """Tensor name → (tensor, constant, producer, [(node, input index, spec, owning graph)])."""
-    found: dict[str, tuple] = {}
+def _candidates(graph: gs.Graph) -> dict[str, list]:
+    """Stored tensor name → [source, [(node, input index, spec, owning graph)], conflict]."""
+    found: dict[str, list] = {}
     for owner in all_graphs(graph):
         for node in owner.nodes:
             for index, tensor in enumerate(node.inputs):
                 spec = weight_slot(node.op, index)
-                resolved = _weight_constant(tensor) if spec else None
-                if resolved is None:
+                source = _source(tensor) if spec else None
+                if source is None:
                     continue
-                entry = found.setdefault(tensor.name, (tensor, *resolved, []))
-                entry[3].append((node, index, spec, owner))
+                entry = found.setdefault(source.root.name, [source, [], False])
+                if [id(n) for n in entry[0].chain] != [id(n) for n in source.chain]:
+                    entry[2] = True  # reaches its slots through different chains
+                entry[1].append((node, index, spec, owner))
     return found
 
 
-def _home(graph: gs.Graph, producer: gs.Node | None, slots: list) -> gs.Graph:
-    """Where the weight's DequantizeLinear goes: beside its Constant node, in the one
-    (sub)graph that uses it, or in the outermost graph, visible to all subgraphs."""
-    if producer is not None:
-        return next(g for g in all_graphs(graph) if any(n is producer for n in g.nodes))
+def _owner(graph: gs.Graph, node: gs.Node) -> gs.Graph:
+    return next(g for g in all_graphs(graph) if any(n is node for n in g.nodes))
+
+
+def _home(graph: gs.Graph, source: _Source, slots: list) -> gs.Graph:
+    """Where the weight's DequantizeLinear goes: beside its Constant node, beside the first
+    node of its chain, in the one (sub)graph that uses it, or in the outermost graph,
+    visible to all subgraphs."""
+    if source.producer is not None:
+        return _owner(graph, source.producer)
+    if source.chain:
+        return _owner(graph, source.chain[0])
     owners = {id(slot[3]): slot[3] for slot in slots}
     return next(iter(owners.values())) if len(owners) == 1 else graph
 
 
-def _refusal(graph: gs.Graph, tensor, constant: gs.Constant, slots: list) -> str | None:
-    used_as_weight = {(id(node), index) for node, index, *_ in slots}
+def _stray_consumer(tensor, allowed: set[tuple[int, int]]) -> str | None:
     for consumer in tensor.outputs:
         for index, inp in enumerate(consumer.inputs):
-            if inp is tensor and (id(consumer), index) not in used_as_weight:
+            if inp is tensor and (id(consumer), index) not in allowed:
                 return f"also feeds {consumer.op} {consumer.name!r}"
-    if any(tensor in g.outputs or tensor in g.inputs for g in all_graphs(graph)):
+    return None
+
+
+def _refusal(graph: gs.Graph, source: _Source, slots: list) -> str | None:
+    tensors = [source.root, *(node.outputs[0] for node in source.chain)]
+    allowed = [{(id(node), 0)} for node in source.chain] + [{(id(node), index) for node, index, *_ in slots}]
+    for tensor, ok in zip(tensors, allowed):
+        reason = _stray_consumer(tensor, ok)
+        if reason is not None:
+            return reason
+    boundary = {id(t) for g in all_graphs(graph) for t in (*g.inputs, *g.outputs)}
+    if any(id(t) in boundary for t in tensors):
         return "is a graph input or output"
+    return _chain_refusal(source, slots) if source.chain else _plain_refusal(source.constant, slots)
+
+
+def _plain_refusal(constant: gs.Constant, slots: list) -> str | None:
     dtype = np.dtype(constant.dtype) if constant.dtype is not None else None
     if dtype != np.float32:
         return f"dtype {dtype} (only float32 weights are compressed)"
-    rank = len(constant.shape)
+    return _rank_refusal(len(constant.shape), slots)
+
+
+def _rank_refusal(rank: int, slots: list) -> str | None:
     for _, _, spec, _ in slots:
         if rank < spec.min_rank or (spec.max_rank is not None and rank > spec.max_rank):
             return f"rank {rank} is not a weight of {spec.op}"
+    return None
+
+
+_SOURCE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _chain_refusal(source: _Source, slots: list) -> str | None:
+    through = "/".join(dict.fromkeys(node.op for node in source.chain))
+    dtype = np.dtype(source.constant.dtype) if source.constant.dtype is not None else None
+    if dtype not in _SOURCE_DTYPES:
+        return f"dtype {dtype} behind {through} (only float weights are compressed)"
+    shape = tuple(source.constant.shape)
+    for node in source.chain:
+        dtype, shape = _step(node, dtype, shape)
+        if shape is None:
+            return f"{node.op} {node.name!r} has no constant, valid shape or type (cannot follow it)"
+    if dtype != np.float32:
+        return f"reaches {slots[0][2].op} as {dtype} through {through} (only float32 weights are compressed)"
+    return _rank_refusal(len(shape), slots)
+
+
+def _step(node: gs.Node, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype | None, tuple | None]:
+    """Dtype and shape after one Transpose/Reshape/Cast (shape None: cannot tell)."""
+    if node.op == "Cast":
+        try:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs.get("to", 0)))), shape
+        except (KeyError, TypeError, ValueError):
+            return None, None
+    if node.op == "Transpose":
+        perm = _perm(node, len(shape))
+        return dtype, None if perm is None else tuple(shape[p] for p in perm)
+    return dtype, _reshaped(node, shape)
+
+
+def _perm(node: gs.Node, rank: int) -> list[int] | None:
+    perm = node.attrs.get("perm")
+    perm = list(range(rank))[::-1] if perm is None else [int(p) for p in perm]
+    return perm if sorted(perm) == list(range(rank)) else None
+
+
+def _reshaped(node: gs.Node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Reshape's output shape from its constant shape input (0 copies, -1 infers), None if invalid."""
+    target = _weight_constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if target is None:
+        return None
+    try:
+        wanted = [int(d) for d in np.asarray(target[0].values).reshape(-1)]
+    except (TypeError, ValueError):
+        return None
+    copy_zero = not node.attrs.get("allowzero", 0)
+    out = [shape[i] if d == 0 and copy_zero and i < len(shape) else d for i, d in enumerate(wanted)]
+    size, known = int(np.prod(shape)), int(np.prod([d for d in out if d != -1]))
+    if out.count(-1) > 1 or any(d < -1 for d in out) or (0 in out and -1 in out):
+        return None
+    if -1 in out:
+        if known == 0 or size % known:
+            return None
+        out[out.index(-1)] = size // known
+    return tuple(out) if int(np.prod(out)) == size else None
+
+
+def _source_axis(source: _Source, axis: int | None) -> int | None:
+    """The stored tensor's axis that is the slot's axis `axis` (None: not traceable)."""
+    shapes = [tuple(source.constant.shape)]
+    dtype = np.dtype(source.constant.dtype)
+    for node in source.chain:
+        dtype, shape = _step(node, dtype, shapes[-1])
+        shapes.append(shape)
+    for node, before, after in reversed(list(zip(source.chain, shapes, shapes[1:]))):
+        if axis is None:
+            return None
+        if node.op == "Transpose":
+            axis = _perm(node, len(before))[axis]
+        elif node.op == "Reshape":
+            axis = _reshape_axis(before, after, axis)
+    return axis
+
+
+def _reshape_axis(before: tuple[int, ...], after: tuple[int, ...], axis: int) -> int | None:
+    """The input axis of a Reshape that carries its output axis `axis` unchanged: same size and
+    same number of elements before it (then every element keeps its index along it)."""
+    outer = int(np.prod(after[:axis]))
+    for b in range(len(before)):
+        if before[b] == after[axis] and int(np.prod(before[:b])) == outer:
+            return b
     return None
 
 
@@ -139,10 +289,17 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
                 ) -> tuple[list[WeightLayer], list[Skipped]]:
     """The compressible weights of `graph` in graph order, and the refused ones with reasons."""
     layers, skipped = [], []
-    for name, (tensor, constant, producer, slots) in _candidates(graph).items():
-        op, shape = slots[0][0].op, tuple(constant.shape)
+    for name, (source, slots, conflict) in _candidates(graph).items():
+        op, shape = slots[0][0].op, tuple(source.constant.shape)
         names = [name] + [slot[0].name for slot in slots]
-        reason = _refusal(graph, tensor, constant, slots)
+        reason = ("reaches its consumers through different Transpose/Reshape/Cast nodes" if conflict
+                  else _refusal(graph, source, slots))
+        axis, groups = _axis(slots, _slot_rank(source, slots)) if reason is None else (None, 1)
+        if reason is None and source.chain:
+            axis = _source_axis(source, axis) if groups == 1 else None
+            if axis is None:
+                reason = (f"its output channels cannot be traced through "
+                          f"{'/'.join(dict.fromkeys(n.op for n in source.chain))} (left in float)")
         if reason is None and not selection.embeddings and all(slot[2].embedding for slot in slots):
             reason = "embedding table (--embeddings compresses it)"
         if reason is None and int(np.prod(shape)) < selection.min_params:
@@ -151,15 +308,25 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
             reason = "not matched by --include"
         if reason is None and _matches(selection.exclude, names):
             reason = "excluded by --exclude"
+        values = np.asarray(source.constant.values, dtype=np.float32) if reason is None else None
+        if values is not None and not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            reason = f"{bad} of {values.size} values are NaN or Inf (left as they are)"
         if reason is not None:
             skipped.append(Skipped(name, op, shape, reason))
             continue
-        axis, groups = _axis(slots, len(shape))
-        values = np.asarray(constant.values, dtype=np.float32)
-        layers.append(WeightLayer(name, op, values, axis, groups, constant,
-                                  [(node, index) for node, index, *_ in slots], producer,
-                                  _home(graph, producer, slots)))
+        layers.append(WeightLayer(name, op, values, axis, groups, source.constant,
+                                  [(node, index) for node, index, *_ in slots], source.producer,
+                                  _home(graph, source, slots), source.chain))
     return layers, skipped
+
+
+def _slot_rank(source: _Source, slots: list) -> int:
+    shape = tuple(source.constant.shape)
+    dtype = np.dtype(source.constant.dtype) if source.constant.dtype is not None else None
+    for node in source.chain:
+        dtype, shape = _step(node, dtype, shape)
+    return len(shape)
 
 
 def kept_names(layers: list[WeightLayer], selection: Selection, budget: bool = False) -> frozenset[str]:

@@ -1,10 +1,17 @@
-"""Opset requirements of the rewrites, and upgrading a model to meet them."""
+"""Opset requirements of the rewrites, upgrading a model to meet them, and refusing
+models onnx or onnxruntime cannot handle (too new, too old, unknown operator domains)."""
 
 from __future__ import annotations
 
 import onnx
 from onnx import version_converter
 
+from .errors import ModelError
+
+ORT_MIN_OPSET = 7  # onnxruntime runs ai.onnx opset 7 and newer
+# Operator domains onnxruntime's CPU build knows; a model's own functions add theirs.
+KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                           "ai.onnx.training", "ai.onnx.preview.training", "com.ms.internal.nhwc"})
 QDQ_MIN_OPSET = 10  # DequantizeLinear with int8
 INT4_MIN_OPSET = 21  # int4 / int16 DequantizeLinear inputs
 INT4_MIN_IR = 10
@@ -27,3 +34,33 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:
     except Exception:  # the converter raises many types; any failure means "cannot"
         return None
     return converted
+
+
+def check_supported(model: onnx.ModelProto, name: str = "the model") -> None:
+    """Refuse, with a one-line ModelError, a model onnx or onnxruntime cannot read or run:
+    an IR version or ai.onnx opset newer than this onnx knows, an opset older than
+    onnxruntime runs, or a node in an operator domain neither knows."""
+    if model.ir_version > onnx.IR_VERSION:
+        raise ModelError(f"{name}: IR version {model.ir_version} is newer than this onnx reads ({onnx.IR_VERSION})")
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise ModelError(f"{name}: ai.onnx opset {entry.version} is newer than onnx and onnxruntime "
+                             f"support ({newest})")
+        if entry.domain in ("", "ai.onnx") and entry.version < ORT_MIN_OPSET:
+            raise ModelError(f"{name}: ai.onnx opset {entry.version} is older than onnxruntime runs "
+                             f"({ORT_MIN_OPSET} and newer); convert it with onnx.version_converter")
+    known = KNOWN_DOMAINS | {f.domain for f in model.functions}
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if node.domain not in known:
+                raise ModelError(f"{name}: node {node.name or node.op_type!r} is {node.domain}:{node.op_type}, "
+                                 "an operator domain onnxruntime does not know (custom operators are not supported)")
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)

@@ -14,6 +14,8 @@ import os
 import re
 import sys
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -49,10 +51,7 @@ def session(model: str | os.PathLike | bytes | onnx.ModelProto, threads: int = 0
 
 def load_dataset(path: str | os.PathLike, sess: ort.InferenceSession, labels_key: str = "labels") -> Dataset:
     """Read an .npz holding one array per model input (and optionally labels)."""
-    try:
-        arrays = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = _read_npz(path)
     expected = {i.name: i for i in sess.get_inputs()}
     missing = [name for name in expected if name not in arrays]
     if missing:
@@ -68,6 +67,28 @@ def load_dataset(path: str | os.PathLike, sess: ort.InferenceSession, labels_key
         raise DataError(f"{path}: arrays have different lengths along axis 0: {sorted(lengths)}")
     check_inputs(inputs, sess, str(path))
     return Dataset(inputs, labels)
+
+
+def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, never unpickling anything (object arrays are refused)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: a single .npy array, not an .npz file of named arrays")
+        with loaded as npz:
+            return {name: npz[name] for name in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path}: holds pickled Python objects, which are never loaded; "
+                            "save plain numeric arrays") from None
+        raise DataError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _shape_text(shape) -> str:

@@ -258,7 +258,8 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
     n_pruned = int(round(config.prune * sizes.sum()))
     if n_pruned > sizes[solved].sum():
         raise OptionError(f"cannot prune {config.prune:.0%} of the weights: "
-                          f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned")
+                          f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned "
+                          "(layers kept at 8 bits and all-zero layers are not)")
 
     target = n_pruned / sizes[solved].sum() if solved.any() else 0.0
     threshold = solve_prune_threshold(sizes[solved], scales[solved], target) if solved.any() else 0.0

@@ -1,6 +1,12 @@
-"""Weights written back as float: the dequantized values, for any runtime."""
+"""Weights written back as float: the dequantized values, for any runtime.
+
+The values keep the stored tensor's float type (a float16 weight behind a
+Cast stays float16), so the graph around it is unchanged.
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from ..layers import WeightLayer
 from ..plan import LayerPlan
@@ -10,5 +16,7 @@ from . import layer_codes
 
 def apply_float(layer: WeightLayer, plan: LayerPlan) -> str:
     """Overwrite `layer`'s constant with its compressed float values."""
-    layer.constant.values = dequantize(layer_codes(layer, plan), plan.steps_for(layer.values.shape))
-    return "float32"
+    dtype = np.dtype(layer.constant.dtype)
+    values = dequantize(layer_codes(layer, plan), plan.steps_for(layer.values.shape))
+    layer.constant.values = values.astype(dtype)
+    return dtype.name

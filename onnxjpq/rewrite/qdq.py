@@ -4,6 +4,11 @@ W (float) becomes DequantizeLinear(W_quantized, W_scale, W_zero_point) with
 per-tensor scale = the layer's step and zero point 0; the node's output keeps
 the name W, so every consumer is untouched. int4 storage needs opset 21.
 
+A weight stored before a Transpose/Reshape/Cast chain is replaced where it is
+stored: the DequantizeLinear feeds the chain's first node. Its output is
+float32, so a float16 weight's chain carries float32 up to its Cast (to float),
+which then casts float32 to float32.
+
 onnx-graphsurgeon writes ml_dtypes.int4 arrays one byte per value, so int4
 codes travel through the graph as int8 and `pack_int4` retypes them in the
 exported model.
@@ -71,15 +76,27 @@ def proto_graphs(graph: onnx.GraphProto):
 
 def _detach_weight(graph: gs.Graph, layer: WeightLayer) -> gs.Variable:
     """Free the tensor the consumers read, so a new node can produce it."""
+    retype_chain(layer)
     if layer.producer is not None:  # a Constant node: drop it, keep its output tensor
         output = layer.producer.outputs[0]
         layer.producer.outputs.clear()
         graph.nodes.remove(layer.producer)
+        output.dtype = np.float32
         return output
     output = gs.Variable(layer.name, dtype=np.float32, shape=list(layer.values.shape))
-    for node, index in layer.uses:
+    for node, index in ([(layer.chain[0], 0)] if layer.chain else layer.uses):
         node.inputs[index] = output
     return output
+
+
+def retype_chain(layer: WeightLayer) -> None:
+    """The chain's tensors up to its first Cast now carry float32 (the weight's new type)."""
+    for node in layer.chain:
+        if node.op == "Cast":
+            return
+        for tensor in node.outputs:
+            if tensor.dtype is not None:
+                tensor.dtype = np.float32
 
 
 def _fresh(name: str, taken: set[str]) -> str:
