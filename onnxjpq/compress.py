@@ -15,7 +15,8 @@ from . import __version__
 from .activations import ActivationConfig
 from .channels import normalize, rescale
 from .errors import ModelError, OptionError
-from .io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
+from .io import (check_output_path, file_bytes, load_external, load_model_lazy, save_model,
+                 uses_external_data, write_text_atomic)
 from .layers import Selection, WeightLayer, find_layers, kept_names
 from .macs import layer_macs, tensor_shapes
 from .methods.annc import AnncConfig, solve_annc
@@ -69,6 +70,15 @@ def _prepare_opset(model: onnx.ModelProto, plan: CompressionPlan, layers: list[W
         return model, False
     plans = plan.by_name()
     max_codes = [int(np.abs(layer_codes(l, plans[l.name])).max(initial=0)) for l in layers]
+    return upgrade_for(model, plan, max_codes, output, notes)
+
+
+def upgrade_for(model: onnx.ModelProto, plan: CompressionPlan, max_codes: list[int],
+                output: OutputConfig, notes: list[str]) -> tuple[onnx.ModelProto, bool]:
+    """`_prepare_opset` given each layer's largest code (the streaming path knows them
+    from its statistics)."""
+    if output.format == "float":
+        return model, False
     wants_int4 = output.int4 and output.format == "qdq" and min(max_codes) <= CONTAINER_MAX["int4"]
     opset = default_opset(model)
     if wants_int4 and opset < INT4_MIN_OPSET:
@@ -246,6 +256,15 @@ def _run(model, config, selection, output, progress, calib):
     return compress_model(model, config, selection, output, progress)
 
 
+def streamable(model: onnx.ModelProto, config, output: OutputConfig, calib) -> bool:
+    """Whether `compress_file` takes the streaming path: the model (loaded without its
+    external data) keeps tensors in external data, and the settings are a plain OPQ
+    solve (Laplace ratios) written as qdq or float, without calibration data."""
+    return (type(config) is OpqConfig and config.prune_mode == "laplace" and calib is None
+            and output.format in ("qdq", "float") and output.activations is None
+            and uses_external_data(model))
+
+
 def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
                   config: OpqConfig | AnncConfig = OpqConfig(),
                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
@@ -254,14 +273,22 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
     """Compress the ONNX file `src` into `dst` (written atomically); return the report.
 
     `calib` (an .npz of model inputs) makes the budget mode measure per-layer
-    sensitivity on it (see `onnxjpq.budget`).
+    sensitivity on it (see `onnxjpq.budget`). A model storing its weights as
+    external data is compressed by streaming where the settings allow (see
+    `streamable` and `onnxjpq.stream`), with the same result and peak memory of
+    about one layer plus the codes.
     """
     dst = check_output_path(src, dst)
     if report_path is not None:
         check_output_path(src, report_path)
-    model = load_model(src)
-    out, report = _run(model, config, selection, output, progress, calib)
-    bytes_out = save_model(out, dst)
+    model = load_model_lazy(src)
+    if streamable(model, config, output, calib):
+        from .stream import compress_streaming
+        report, bytes_out = compress_streaming(model, src, dst, config, selection, output, progress)
+    else:
+        load_external(model, src)
+        out, report = _run(model, config, selection, output, progress, calib)
+        bytes_out = save_model(out, dst)
     bytes_in = file_bytes(src)
     report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
     if report_path is not None:

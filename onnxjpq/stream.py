@@ -1,0 +1,366 @@
+"""Compress a model whose weights are external data, one layer in memory at a time.
+
+`compress_file` takes this path when the input keeps tensors in external data
+and the settings allow it (`compress.streamable`: OPQ with Laplace ratios, qdq
+or float output, no calibration data). The output is the in-memory path's,
+value for value (tests/test_large.py); only the memory differs:
+
+- the model is read without its external data; each external tensor becomes a
+  read-only memory map (`MappedValues`, graphsurgeon's `LazyValues` with the
+  same TensorProto), paged in when a layer is used and released after it
+  (madvise DONTNEED), so the resident set holds about one layer;
+- OPQ is solved from per-layer statistics gathered in two passes over the
+  weights (`solve_opq_streaming`): Laplace scales and channel ranges, then
+  masks, kept maxima and kept counts. The step calibration also counts, in
+  unpruned layers, the weights at or above half a step: `_KeptAbove` stands
+  in for `ChannelStats.kept_abs` and counts them from the file, once per
+  distinct step;
+- each rewritten layer's codes go straight to the output's `.data` file
+  (`io.ExternalWriter`) and the graph keeps a reference to them; tensors the
+  rewrite leaves alone are copied across in chunks.
+
+Peak memory is the imports plus the temporaries of the largest layer (about
+40 bytes per weight: its values, mask, float64 rounding, codes and error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+from onnx import external_data_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from . import __version__
+from .channels import channel_ranges, rescale
+from .compress import _export, _float_params, upgrade_for
+from .errors import ModelError, OptionError
+from .io import ExternalWriter, external_span
+from .layers import Selection, WeightLayer, all_graphs, find_layers, kept_names
+from .macs import layer_macs, tensor_shapes
+from .methods.opq import (ChannelStats, OpqConfig, _mean_bins, calibrate_steps, int4_caps,
+                          largest_remainder_counts, opq_steps, packed_bits, solve_prune_threshold)
+from .plan import CompressionPlan, LayerPlan
+from .quant import CONTAINER_MAX, to_channels
+from .report import layer_row, report_dict, totals
+from .rewrite import layer_codes
+from .rewrite.dense import apply_float
+from .rewrite.qdq import apply_qdq, pack_int4
+from .stats import laplace_fit, laplace_prune_fraction
+
+__all__ = ["MappedValues", "compress_streaming", "magnitude_mask", "solve_opq_streaming"]
+
+
+class MappedValues(LazyValues):
+    """An external tensor's values as a read-only memory map of its data file."""
+
+    def __init__(self, tensor: onnx.TensorProto, base: Path):
+        super().__init__(tensor)
+        self.file, self.offset, self.length = external_span(tensor, base)
+        self._map: np.memmap | None = None
+
+    def load(self) -> np.ndarray:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
+        shape = tuple(self.tensor.dims)
+        if self.length == 0:
+            return np.zeros(shape, dtype)
+        self._map = np.memmap(self.file, dtype=dtype, mode="r", offset=self.offset, shape=shape)
+        return self._map
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process (they stay in the page cache)."""
+        if self._map is not None:
+            self._map._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+def map_external(graph: gs.Graph, base: Path) -> dict[int, MappedValues]:
+    """Make every external constant of `graph` a `MappedValues`; return them by id(constant)."""
+    mapped = {}
+    constants = [t for g in all_graphs(graph) for t in g.tensors().values() if isinstance(t, gs.Constant)]
+    constants += [v for g in all_graphs(graph) for n in g.nodes for v in n.attrs.values()
+                  if isinstance(v, gs.Constant)]
+    for constant in constants:
+        lazy = constant._values
+        if (type(lazy) is LazyValues and isinstance(lazy.tensor, onnx.TensorProto)
+                and external_data_helper.uses_external_data(lazy.tensor)):
+            constant._values = mapped[id(constant)] = MappedValues(lazy.tensor, base)
+    return mapped
+
+
+def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
+    """`opq.magnitude_mask` (prune the `n_pruned` smallest |w|, ties by flat index)
+    with a partition instead of a full argsort."""
+    flat = np.abs(w).ravel()
+    if n_pruned <= 0:
+        return np.ones(w.shape, bool)
+    kth = np.partition(flat, n_pruned - 1)[n_pruned - 1]
+    mask = flat > kth
+    ties = np.flatnonzero(flat == kth)
+    mask[ties[n_pruned - int((flat < kth).sum()):]] = True
+    return mask.reshape(w.shape)
+
+
+class _Source:
+    """One layer as the solver sees it: values read on demand, divided by the channel
+    ranges when the layer gets per-channel steps (`onnxjpq.channels.normalize`)."""
+
+    def __init__(self, layer: WeightLayer, mapped: MappedValues | None):
+        self.layer, self.mapped = layer, mapped
+        self.name, self.axis, self.groups = layer.name, layer.axis, layer.groups
+        self.size = layer.values.size
+        self.ranges: np.ndarray | None = None
+        self.pruned = 0
+
+    def values(self) -> np.ndarray:
+        w = self.layer.values
+        if self.ranges is None:
+            return w
+        view = [1] * w.ndim
+        view[self.axis % w.ndim] = -1
+        return (w / self.ranges.reshape(view)).astype(np.float32)
+
+    def release(self) -> None:
+        if self.mapped is not None:
+            self.mapped.release()
+
+
+class _Counted:
+    def __init__(self, counts: np.ndarray):
+        self.counts = counts
+
+    def sum(self, axis: int) -> np.ndarray:
+        return self.counts
+
+
+class _KeptAbove:
+    """Stands in for `ChannelStats.kept_abs[i]`: `kept >= t` gives, through `.sum(axis=1)`,
+    each channel's count of kept |w| >= t, read from the file once per distinct t."""
+
+    def __init__(self, source: _Source):
+        self.source, self.cache = source, {}
+
+    def __ge__(self, threshold) -> _Counted:
+        t = float(threshold)
+        if t not in self.cache:
+            s = self.source
+            w = s.values()
+            kept = np.where(to_channels(magnitude_mask(w, s.pruned), s.axis, s.groups),
+                            to_channels(np.abs(w), s.axis, s.groups), 0)
+            self.cache[t] = (kept >= t).sum(axis=1)
+            s.release()
+        return _Counted(self.cache[t])
+
+
+def _scales(sources: list[_Source], granularity: str) -> np.ndarray:
+    """Pass 1: channel ranges and the Laplace scale mean|w| of each layer."""
+    scales = []
+    for s in sources:
+        s.ranges = channel_ranges(s.layer.values, s.axis, s.groups, granularity)
+        w = s.values()
+        scales.append(float(np.abs(w).mean()) if w.size else 0.0)
+        s.release()
+    return np.array(scales)
+
+
+def _channel_stats(sources: list[_Source], solved: np.ndarray, threshold: float):
+    """Pass 2: per channel the kept max and count; per layer the largest kept |w| in real
+    units (for its largest code) and the count of solved |w| <= threshold."""
+    alphas, counts, owners, raw_max, below = [], [], [], [], 0
+    for i, s in enumerate(sources):
+        w = s.values()
+        mask = to_channels(magnitude_mask(w, s.pruned), s.axis, s.groups)
+        kept = np.where(mask, to_channels(np.abs(w), s.axis, s.groups), 0)
+        alphas.append(kept.max(axis=1).astype(float))
+        counts.append(mask.sum(axis=1).astype(np.int64))
+        owners.append(np.full(kept.shape[0], i))
+        raw = kept if s.ranges is None else np.where(mask, to_channels(np.abs(s.layer.values), s.axis, 1), 0)
+        raw_max.append(raw.max(axis=1))
+        if solved[i]:
+            below += int((np.abs(w) <= threshold).sum())
+        s.release()
+    stats = ChannelStats(np.concatenate(alphas), np.concatenate(counts), np.concatenate(owners),
+                         tuple(_KeptAbove(s) for s in sources))
+    return stats, list(zip(raw_max, counts)), below
+
+
+def solve_opq_streaming(sources: list[_Source], config: OpqConfig, fixed: frozenset[str]
+                        ) -> tuple[CompressionPlan, list[tuple[np.ndarray, np.ndarray]]]:
+    """`solve_opq` on layers read from disk; the plan's masks are None (rebuilt per layer
+    from `_Source.pruned`). Also returns each layer's per-channel kept max |w| (in real
+    units) and kept count."""
+    scales = _scales(sources, config.granularity)
+    sizes = np.array([s.size for s in sources], np.int64)
+    solved = np.array([s.name not in fixed and sc > 0 for s, sc in zip(sources, scales)])
+    n_pruned = int(round(config.prune * sizes.sum()))
+    if n_pruned > sizes[solved].sum():
+        raise OptionError(f"cannot prune {config.prune:.0%} of the weights: "
+                          f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned")
+    target = n_pruned / sizes[solved].sum() if solved.any() else 0.0
+    threshold = solve_prune_threshold(sizes[solved], scales[solved], target) if solved.any() else 0.0
+    predicted = np.array([laplace_prune_fraction(threshold, s) if ok else 0.0
+                          for s, ok in zip(scales, solved)])
+    counts = np.zeros(len(sources), np.int64)
+    counts[solved] = largest_remainder_counts(predicted[solved], sizes[solved], n_pruned)
+    for s, k in zip(sources, counts):
+        s.pruned = int(k)
+    survivors = config.keep_survivors & (counts > 0)
+
+    stats, raw_max, below = _channel_stats(sources, solved, threshold)
+    n = len(sources)
+    areas = np.bincount(stats.layer, weights=stats.count * stats.alpha, minlength=n)
+    layer_max = np.array([stats.alpha[stats.layer == i].max(initial=0.0) for i in range(n)])
+    caps = layer_max / CONTAINER_MAX["int8"]
+    if config.fit_int4:
+        caps = int4_caps(stats, layer_max, sizes, solved, config.bits, survivors)
+    n_kept = int(stats.count[solved[stats.layer]].sum())
+    base = np.where(solved, 0.0, caps)
+    if solved.any():
+        base[solved] = opq_steps(areas[solved], n_kept, config.bits, caps[solved])
+    steps, factor = calibrate_steps(stats, base, caps, layer_max, solved & (areas > 0), config.bits, survivors)
+    n_solved = int(sizes[solved].sum())
+    diagnostics = {
+        "laplace_threshold": threshold,
+        "laplace_threshold_prune_ratio": below / n_solved if n_solved and target else 0.0,
+        "target_prune_ratio_solved_layers": target,
+        "step_scale_factor": factor,
+        "bits_target_met": (config.bits >= 7.5
+                            or abs(packed_bits(stats, steps, survivors) - config.bits) <= 0.05),
+        "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
+    }
+    plans = tuple(LayerPlan(s.name, None, float(st), bool(sv), s.name in fixed, float(pr))
+                  for s, st, pr, sv in zip(sources, steps, predicted, survivors))
+    return CompressionPlan(plans, "opq", diagnostics), raw_max
+
+
+def _max_code(plan: LayerPlan, kept_max: np.ndarray, counts: np.ndarray) -> int:
+    """The layer's largest |code|, as `quantize_codes` would give it, from its channels'
+    kept maxima (rounding is monotone in |w|)."""
+    steps = plan.channel_steps if plan.channel_steps is not None else np.full(kept_max.shape, plan.step)
+    steps = np.asarray(steps, np.float64)
+    q = np.floor(kept_max.astype(np.float32) / np.where(steps > 0, steps, 1.0) + 0.5)
+    if plan.keep_survivors:
+        q = np.maximum(q, 1.0)
+    if plan.max_code is not None:
+        q = np.minimum(q, plan.max_code)
+    q = np.where((counts > 0) & (steps > 0), q, 0)
+    return int(q.max(initial=0))
+
+
+def _find(model: onnx.ModelProto, base: Path, selection: Selection):
+    graph = gs.import_onnx(model)
+    mapped = map_external(graph, base)
+    layers, skipped = find_layers(graph, selection)
+    if not layers:
+        raise ModelError("no compressible layer (Conv, ConvTranspose, Gemm or MatMul with a "
+                         "constant float32 weight)")
+    return graph, layers, skipped, [_Source(l, mapped.get(id(l.constant))) for l in layers]
+
+
+def _spill(writer: ExternalWriter, constant: gs.Constant, int4: bool = False) -> None:
+    """Move `constant`'s values to the data file; the graph keeps a reference."""
+    values = np.ascontiguousarray(constant.values)
+    data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+    data = values
+    if int4:  # stored packed; typed int8 until `_retype_int4` runs on the export
+        import ml_dtypes
+        data = onnx.numpy_helper.from_array(values.astype(ml_dtypes.int4)).raw_data
+    constant.values = LazyValues(writer.tensor(constant.name, values.shape, data_type, data))
+
+
+def _retype_int4(model: onnx.ModelProto, names: set[str]) -> None:
+    for tensor in external_data_helper._get_all_tensors(model):
+        if tensor.name in names:
+            tensor.data_type = onnx.TensorProto.INT4
+
+
+def _rewrite(graph, layers, sources, plan, output, int4, writer, shapes):
+    """Apply `plan` one layer at a time, spilling each new weight; return the report rows
+    and the int4 zero points still to pack."""
+    plans, by_name = plan.by_name(), {s.name: s for s in sources}
+    rows, zero_points, packed = [], [], set()
+    for layer in layers:
+        source = by_name[layer.name]
+        p = replace(plans[layer.name], mask=magnitude_mask(source.values(), source.pruned))
+        if output.format == "float":
+            container = apply_float(layer, p)
+            codes = layer_codes(layer, p)
+            _spill(writer, layer.constant)
+        else:
+            container, names = apply_qdq(graph, layer, p, allow_int4=int4)
+            quantized = (layer.home or graph).nodes[0].inputs[0]
+            codes = quantized.values
+            if container == "int4":
+                zero_points.append(names[1])
+                packed.add(quantized.name)
+            _spill(writer, quantized, int4=container == "int4")
+        rows.append(layer_row(layer, p, codes, container, laplace_fit(layer.values), layer_macs(layer, shapes)))
+        del p, codes
+        source.release()
+    return rows, zero_points, packed
+
+
+def compress_streaming(model: onnx.ModelProto, src, dst, config: OpqConfig, selection: Selection,
+                       output, progress=None) -> tuple[dict, int]:
+    """Compress `model` (loaded by `io.load_model_lazy(src)`) into `dst`; return the
+    report and the bytes written (model + data file)."""
+    base, dst = Path(src).parent.resolve(), Path(dst)
+    _refuse_overwriting_input(model, base, dst)
+    if output.format != "qdq" or not output.int4:
+        config = replace(config, fit_int4=False)
+    _, layers, skipped, sources = _find(model, base, selection)
+    fixed = kept_names(layers, selection)
+    plan, kept_max = solve_opq_streaming(sources, config, fixed)
+    plan = rescale(plan, layers, {s.name: s.ranges for s in sources if s.ranges is not None})
+    max_codes = [_max_code(p, *channels) for p, channels in zip(plan.layers, kept_max)]
+    notes = []
+    if not plan.diagnostics.get("bits_target_met", True):
+        notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
+    settings = {"method": plan.method, "config": asdict(config), "notes": notes}
+    with contextlib.chdir(base):  # onnx.checker resolves the external data of a proto from the cwd
+        model, int4 = upgrade_for(model, plan, max_codes, output, notes)
+    graph, layers, skipped, new_sources = _find(model, base, selection)
+    for new, old in zip(new_sources, sources):
+        new.ranges, new.pruned = old.ranges, old.pruned
+    with ExternalWriter(dst) as writer:
+        rows, zero_points, packed = _rewrite(graph, progress(layers) if progress else layers, new_sources,
+                                             plan, output, int4, writer, tensor_shapes(model))
+        settings.update({"selection": asdict(selection), "output": asdict(output),
+                         "onnxjpq_version": __version__,
+                         "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
+        total = totals(rows, _float_params(skipped), 0, 0, plan.diagnostics)
+        metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
+                    "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
+                                                  if not k.startswith(("bytes", "file"))}, sort_keys=True)}
+        out = _export(graph, model, int4, metadata)
+        _retype_int4(out, packed)
+        pack_int4(out, zero_points)
+        path = writer.finish(out, base)
+        _check(path, output.check_runtime)
+        bytes_out = writer.commit()
+    return report_dict(rows, total, skipped, settings), bytes_out
+
+
+def _refuse_overwriting_input(model: onnx.ModelProto, base: Path, dst: Path) -> None:
+    data = (dst.parent / (dst.name + ".data")).resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor) and external_span(tensor, base)[0] == data:
+            raise OptionError(f"output data file {data.name} would overwrite the input's external data; "
+                              "choose another output name")
+
+
+def _check(path: Path, runtime: bool) -> None:
+    """The output must pass onnx.checker (from its path, so external data is allowed) and,
+    under 2 GB, load in onnxruntime: anything else is our bug."""
+    onnx.checker.check_model(str(path))
+    data = path.parent / (path.name + ".data")
+    if runtime and path.stat().st_size + data.stat().st_size < 2**31 - 1:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
