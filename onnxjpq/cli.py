@@ -20,24 +20,11 @@ from . import __version__
 from .errors import OnnxjpqError
 
 
-_INPUT_FAULTS: tuple[type[BaseException], ...] | None = None
-
-
-def _input_fault_types() -> tuple[type[BaseException], ...]:
-    """The onnx/onnxruntime exceptions a model the tools reject raises (checked against the input)."""
-    global _INPUT_FAULTS
-    if _INPUT_FAULTS is None:
-        import onnx
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
-
-        _INPUT_FAULTS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
-                         ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidArgument,
-                         ort_state.NotImplemented, ort_state.InvalidProtobuf)
-    return _INPUT_FAULTS
-
-
 def _input_fault(path) -> OnnxjpqError | None:
-    """Why the input model itself is unusable (too new, custom ops, rejected by onnxruntime), or None."""
+    """Why the input model itself is unusable, or None: it cannot be read, is too new or too old,
+    uses unknown operators or invalid names, fails onnx.checker, or onnxruntime rejects it."""
+    import onnx
+
     from .errors import ModelError
     from .io import load_model
     from .opset import check_supported
@@ -46,11 +33,13 @@ def _input_fault(path) -> OnnxjpqError | None:
     try:
         model = load_model(path)
         check_supported(model, str(path))
-        open_session(model)
+        if model.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(model)
+        open_session(path)
     except OnnxjpqError as exc:
         return exc
-    except _input_fault_types() as exc:
-        return ModelError(f"{path}: {_first_line(exc)}")
+    except Exception as exc:  # noqa: BLE001 - any failure to check the input is the input's
+        return ModelError(f"{path}: not a valid ONNX model ({_first_line(exc)})")
     return None
 
 
@@ -69,9 +58,10 @@ def _user_errors(*model_args: str):
 
     OnnxjpqError: its message, status `exit_code` (2, or 1 for a failed validation).
     OSError (a read-only folder, a full disk): the file and the reason, status 2.
-    onnx/onnxruntime rejecting a model: blamed on the input named by `model_args`
-    only when the input itself fails the same checks; otherwise it is our bug and
-    keeps its traceback.
+    Any other exception is blamed on an input model named by `model_args` only
+    when that input itself fails validation (`_input_fault`: onnx.checker,
+    onnxruntime, supported opsets and domains), with the reason it fails; on a
+    valid input it is our bug and keeps its traceback.
     """
     def decorate(func):
         @wraps(func)
@@ -83,7 +73,7 @@ def _user_errors(*model_args: str):
             except OSError as exc:
                 reason = exc.strerror or _first_line(exc)
                 _fail(f"{exc.filename}: {reason}" if exc.filename else f"cannot write the output: {reason}", 2)
-            except _input_fault_types():
+            except Exception:
                 for name in model_args:
                     fault = _input_fault(kwargs[name]) if kwargs.get(name) else None
                     if fault is not None:

@@ -15,6 +15,7 @@ KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.mi
 QDQ_MIN_OPSET = 10  # DequantizeLinear with int8
 INT4_MIN_OPSET = 21  # int4 / int16 DequantizeLinear inputs
 INT4_MIN_IR = 10
+MIN_IR = 3  # the oldest IR version onnx reads
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -42,6 +43,8 @@ def check_supported(model: onnx.ModelProto, name: str = "the model") -> None:
     onnxruntime runs, or a node in an operator domain neither knows."""
     if model.ir_version > onnx.IR_VERSION:
         raise ModelError(f"{name}: IR version {model.ir_version} is newer than this onnx reads ({onnx.IR_VERSION})")
+    if model.ir_version < MIN_IR:
+        raise ModelError(f"{name}: IR version {model.ir_version} is not a valid one ({MIN_IR} or newer)")
     newest = onnx.defs.onnx_opset_version()
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx") and entry.version > newest:
@@ -52,10 +55,32 @@ def check_supported(model: onnx.ModelProto, name: str = "the model") -> None:
                              f"({ORT_MIN_OPSET} and newer); convert it with onnx.version_converter")
     known = KNOWN_DOMAINS | {f.domain for f in model.functions}
     for graph in _graphs(model.graph):
+        _check_strings(graph, name)
         for node in graph.node:
             if node.domain not in known:
                 raise ModelError(f"{name}: node {node.name or node.op_type!r} is {node.domain}:{node.op_type}, "
                                  "an operator domain onnxruntime does not know (custom operators are not supported)")
+        for tensor in graph.initializer:
+            if tensor.data_type not in _DATA_TYPES:
+                raise ModelError(f"{name}: initializer {tensor.name!r} has data type {tensor.data_type}, "
+                                 "which ONNX does not define")
+
+
+_DATA_TYPES = frozenset(v for v in onnx.TensorProto.DataType.values() if v != onnx.TensorProto.UNDEFINED)
+
+
+def _check_strings(graph: onnx.GraphProto, name: str) -> None:
+    """Every name must be valid UTF-8 (protobuf lets broken bytes through as lone surrogates)."""
+    texts = [graph.name, *(t.name for t in graph.initializer), *(v.name for v in (*graph.input, *graph.output))]
+    for node in graph.node:
+        texts += [node.name, node.op_type, node.domain, *node.input, *node.output]
+    for text in texts:
+        try:  # protobuf returns a string field holding broken UTF-8 as bytes
+            valid = not isinstance(text, bytes) and text.encode("utf-8") is not None
+        except UnicodeEncodeError:
+            valid = False
+        if not valid:
+            raise ModelError(f"{name}: a name is not valid UTF-8 ({text!r})")
 
 
 def _graphs(graph: onnx.GraphProto):
