@@ -104,6 +104,7 @@ def _silero_feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
 SILERO_MODELS = ["silero_vad_16k_op15.onnx", "silero_vad_openvino_16k.onnx"]
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("name", SILERO_MODELS)
 def test_silero_vad_compresses_and_keeps_its_speech_probability(name, silero_model_path, tmp_path):
     src = silero_model_path(name)

@@ -57,6 +57,7 @@ def test_sentence_splits_are_disjoint_and_fixed():
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_export_is_deterministic_and_reused(minilm_path, tmp_path):
     again = minilm.export_minilm(tmp_path / "again.onnx")
     assert again.read_bytes() == minilm_path.read_bytes()
@@ -67,6 +68,7 @@ def test_export_is_deterministic_and_reused(minilm_path, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_onnx_matches_torch_and_paraphrases_are_closer(minilm_path):
     check = minilm.verify_export(minilm_path)
     assert check.max_abs_diff < 1e-4
@@ -74,6 +76,7 @@ def test_onnx_matches_torch_and_paraphrases_are_closer(minilm_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_embedding_matches_the_sentence_transformers_reference(minilm_model):
     # The first values sentence-transformers gives for this sentence with this model.
     reference = [0.0676569, 0.0634960, 0.0487131, 0.0793050, 0.0374481, 0.0026528, 0.0393749, -0.0070984]
@@ -82,6 +85,7 @@ def test_embedding_matches_the_sentence_transformers_reference(minilm_model):
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_find_layers_finds_the_36_linear_weights(minilm_model):
     layers, skipped = find_model_layers(minilm_model)
     names = [f"layers.{i}.{n}.weight" for i in range(6)
@@ -94,6 +98,7 @@ def test_find_layers_finds_the_36_linear_weights(minilm_model):
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_npz_of_sentences_feeds_the_model(minilm_path, tmp_path):
     path = minilm.write_sentences_npz(tmp_path / "heldout.npz", minilm.heldout_sentences())
     data = load_dataset(path, session(minilm_path))
@@ -108,6 +113,7 @@ def _mean_cosine(model, compressed) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_int8_keeps_sentence_embeddings(minilm_model):
     """Outlier layers (layers.0.ffn_out: max |w| 7.9, median channel max 0.19) get per-channel steps."""
     compressed, report = compress_model(minilm_model, OpqConfig(prune=0.0, bits=8))
@@ -116,6 +122,7 @@ def test_int8_keeps_sentence_embeddings(minilm_model):
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_with_embeddings_the_file_shrinks_and_cosine_holds(minilm_model, minilm_path, tmp_path):
     from onnxjpq.layers import Selection
 
@@ -127,6 +134,7 @@ def test_with_embeddings_the_file_shrinks_and_cosine_holds(minilm_model, minilm_
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_rate_6_with_calibration_sentences_keeps_cosine_099(minilm_model, tmp_path):
     from onnxjpq.budget import compress_calibrated
     from onnxjpq.compress import OutputConfig
