@@ -8,6 +8,12 @@ Public API::
 
 __version__ = "0.1.0"
 
+from onnx_graphsurgeon.logger import G_LOGGER  # noqa: E402
+
+# graphsurgeon's warnings (duplicate node names in exporters' graphs, a missing
+# `colored` module) are noise to users; onnxjpq reports what it skips itself.
+G_LOGGER.severity = G_LOGGER.ERROR
+
 from .compress import OutputConfig, compress_file, compress_model  # noqa: E402
 from .errors import DataError, ModelError, OnnxjpqError, OptionError  # noqa: E402
 from .io import load_model, save_model  # noqa: E402

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from .layers import WeightLayer
+from .ops import RECURRENT_OPS
 
 
 def _fixed_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -51,6 +52,12 @@ def layer_macs(layer: WeightLayer, shapes: dict[str, tuple[int, ...]]) -> int | 
     total = 0
     for node, _ in layer.uses:
         if node.op == "Gather":  # a table lookup multiplies nothing
+            continue
+        if node.op in RECURRENT_OPS:  # every step multiplies the whole W (or R): Y is [seq, dirs, batch, hidden]
+            shape = shapes.get(node.outputs[0].name) if node.outputs and node.outputs[0].name else None
+            if shape is None:
+                return None
+            total += int(np.prod(shape)) // (shape[1] * shape[3]) * layer.values.size
             continue
         if node.op == "ConvTranspose":
             shape, per = shapes.get(node.inputs[0].name), layer.values.size / layer.values.shape[0]

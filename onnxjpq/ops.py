@@ -31,6 +31,8 @@ def _const(axis: int) -> Callable[[Mapping, int], int]:
     return lambda attrs, rank: axis
 
 
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
 WEIGHT_SLOTS: tuple[OpSpec, ...] = (
     OpSpec("Conv", 1, _const(0), min_rank=3),
     OpSpec("ConvTranspose", 1, _const(1), min_rank=3, grouped_axis=True),
@@ -39,6 +41,8 @@ WEIGHT_SLOTS: tuple[OpSpec, ...] = (
     OpSpec("MatMul", 1, lambda a, r: r - 1),
     OpSpec("MatMul", 0, _const(0), max_rank=2),
     OpSpec("Gather", 0, lambda a, r: a.get("axis", 0) % r, embedding=True),
+    # recurrent weights W [directions, gates*hidden, input] and R [directions, gates*hidden, hidden]
+    *(OpSpec(op, slot, _const(1), min_rank=3, max_rank=3) for op in RECURRENT_OPS for slot in (1, 2)),
 )
 
 WEIGHT_OPS = frozenset(spec.op for spec in WEIGHT_SLOTS)

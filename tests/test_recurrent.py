@@ -1,0 +1,34 @@
+"""LSTM, GRU and RNN weights (W and R) are compressed like any other layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxjpq import OpqConfig, compress_model
+from onnxjpq.testing import laplace, make_model, run
+
+HIDDEN, INPUT, STEPS = 16, 12, 5
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent_model(op: str):
+    gates = GATES[op]
+    text = f"""
+    agraph (float[{STEPS}, 1, {INPUT}] x) => (float[{STEPS}, 1, 1, {HIDDEN}] y) {{
+        y = {op} <hidden_size = {HIDDEN}> (x, W, R)
+    }}"""
+    return make_model(text, {"W": laplace((1, gates * HIDDEN, INPUT), 0.2, seed=1),
+                             "R": laplace((1, gates * HIDDEN, HIDDEN), 0.2, seed=2)})
+
+
+@pytest.mark.parametrize("op", sorted(GATES))
+def test_recurrent_weights_are_compressed_and_outputs_stay_close(op):
+    model = recurrent_model(op)
+    out, report = compress_model(model, OpqConfig(bits=8))
+    assert sorted(row["name"] for row in report["layers"]) == ["R", "W"]
+    assert {row["macs"] for row in report["layers"]} == {STEPS * GATES[op] * HIDDEN * INPUT,
+                                                       STEPS * GATES[op] * HIDDEN * HIDDEN}
+    feeds = {"x": np.random.default_rng(0).standard_normal((STEPS, 1, INPUT)).astype(np.float32)}
+    expected, got = run(model, feeds)[0], run(out, feeds)[0]
+    assert np.abs(got - expected).max() < 0.05
