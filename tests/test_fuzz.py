@@ -58,6 +58,18 @@ agraph (float[2, 16] x) => (float[2, 8] y) {
     v = Reshape (V, shape)
     y = MatMul (h, v)
 }""", {"W": laplace((8, 16), 0.1, 6), "V": laplace((64,), 0.1, 7), "shape": np.array([8, 8], np.int64)}),
+    "branches": _model("""
+agraph (float[2, 16] x, bool c) => (float[2, 8] y) {
+    w16 = Cast <to = 1> (H)
+    y = If (c) <then_branch = g1 () => (float[2, 8] a) { a = MatMul (x, W) },
+                else_branch = g2 () => (float[2, 8] b) { b = Gemm (x, w16) }>
+}""", {"W": laplace((16, 8), 0.1, 8), "H": laplace((16, 8), 0.1, 9).astype(np.float16)}),
+    "constants": _model("""
+agraph (float[1, 2, 8, 8] x) => (float[1, 4, 8, 8] y) {
+    w = Constant <value = float[4, 2, 3, 3] {%s}> ()
+    c = ConvTranspose <pads = [1, 1, 1, 1]> (x, W)
+    y = Conv <pads = [1, 1, 1, 1]> (c, w)
+}""" % ", ".join(f"{v:.3f}" for v in laplace((72,), 0.1, 10)), {"W": laplace((2, 4, 3, 3), 0.1, 11)}),
 }
 
 OP_TYPES = ["MatMul", "Gemm", "Conv", "ConvTranspose", "Relu", "Transpose", "Reshape", "Cast", "Gather",
@@ -137,7 +149,7 @@ def _graph_field(model: onnx.ModelProto, draw) -> None:
         model.opset_import[0].version = draw(st.integers(-1, 40))
     elif what == "ir":
         model.ir_version = draw(st.integers(-1, 20))
-    elif what == "input_dim" and graph.input:
+    elif what == "input_dim" and graph.input and graph.input[0].type.tensor_type.shape.dim:
         dims = graph.input[0].type.tensor_type.shape.dim
         dims[draw(st.integers(0, len(dims) - 1))].dim_value = draw(INTS)
     elif what == "input_type" and graph.input:
@@ -177,18 +189,20 @@ def mutated_models(draw) -> tuple[str, bytes]:
 # ------------------------------------------------------------------ the property
 
 
-def assert_clean_run(data: bytes, options: list[str]) -> None:
-    """Compress `data` in-process; the run ends in a valid output or in one error line."""
+def assert_clean_run(data: bytes, options: list[str], command: str = "compress") -> None:
+    """Run `command` on `data` in-process; it ends in a valid output or in one error line."""
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         src.write_bytes(data)
-        result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", *options])
+        args = ["compress", str(src), "-o", str(out), "-q"] if command == "compress" else [command, str(src)]
+        result = CliRunner().invoke(main, [*args, *options])
         assert src.read_bytes() == data, "the input was modified"
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception  # an unhandled exception: its traceback is the bug report
         assert result.exit_code in (0, 1, 2), result.exit_code
         if result.exit_code == 0:
-            onnx.checker.check_model(onnx.load(str(out)))
+            if command == "compress":
+                onnx.checker.check_model(onnx.load(str(out)))
         else:
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -197,16 +211,23 @@ def assert_clean_run(data: bytes, options: list[str]) -> None:
         assert not [p for p in Path(tmp).iterdir() if p.name not in ("in.onnx", "out.onnx")]
 
 
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=800)
 @given(mutated_models())
 def test_mutated_models_compress_or_fail_with_one_line(case):
     _, data = case
     assert_clean_run(data, ["--prune", "0.3", "--bits", "6", "--keep", "none", "--min-params", "0"])
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=200)
 @given(mutated_models(), st.sampled_from([["--format", "float"], ["--format", "sparse"], ["--rate", "8"],
                                           ["--no-int4", "--granularity", "channel"]]))
 def test_mutated_models_in_other_modes(case, options):
     _, data = case
     assert_clean_run(data, [*options, "--keep", "none", "--min-params", "0"])
+
+
+@settings(FUZZ, max_examples=150)
+@given(mutated_models())
+def test_mutated_models_inspect_or_fail_with_one_line(case):
+    _, data = case
+    assert_clean_run(data, ["--json", "--min-params", "0"], command="inspect")
