@@ -122,21 +122,50 @@ def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
     return [graph, *graph.subgraphs(recursive=True)]
 
 
-def _candidates(graph: gs.Graph) -> dict[str, list]:
-    """Stored tensor name → [source, [(node, input index, spec, owning graph)], conflict]."""
+def _candidates(graph: gs.Graph) -> tuple[dict[str, list], list[Skipped]]:
+    """Stored tensor name → [source, [(node, input index, spec, owning graph)], conflict], and the
+    constants that reach a weight slot as an input of a Loop/Scan body (not followed)."""
     found: dict[str, list] = {}
+    passed_in: dict[str, Skipped] = {}
+    feeders = _body_feeders(graph)
     for owner in all_graphs(graph):
         for node in owner.nodes:
             for index, tensor in enumerate(node.inputs):
                 spec = weight_slot(node.op, index)
                 source = _source(tensor) if spec else None
+                if source is None and spec and id(tensor) in feeders:
+                    loop, outer = feeders[id(tensor)]
+                    fed = _source(outer)
+                    if fed is not None:
+                        passed_in.setdefault(fed.root.name, Skipped(
+                            fed.root.name, node.op, tuple(fed.constant.shape),
+                            f"reaches {_named(node)} as an input of a {loop.op} body "
+                            "(weights passed into subgraphs as inputs are left in float)"))
                 if source is None:
                     continue
                 entry = found.setdefault(source.root.name, [source, [], False])
                 if [id(n) for n in entry[0].chain] != [id(n) for n in source.chain]:
                     entry[2] = True  # reaches its slots through different chains
                 entry[1].append((node, index, spec, owner))
-    return found
+    return found, [skip for name, skip in passed_in.items() if name not in found]
+
+
+def _named(node: gs.Node) -> str:
+    return f"{node.op} {node.name!r}" if node.name else node.op
+
+
+def _body_feeders(graph: gs.Graph) -> dict[int, tuple[gs.Node, object]]:
+    """id(input tensor of a Loop/Scan body) → (the Loop/Scan node, the outer tensor it receives)."""
+    feeders = {}
+    for owner in all_graphs(graph):
+        for node in owner.nodes:
+            body = node.attrs.get("body") if node.op in ("Loop", "Scan") else None
+            if not isinstance(body, gs.Graph) or (node.op == "Scan" and (graph.opset or 9) < 9):
+                continue
+            first = 2 if node.op == "Loop" else 0  # Loop bodies start with the iteration number and condition
+            for inner, outer in zip(body.inputs[first:], node.inputs[first:]):
+                feeders[id(inner)] = (node, outer)
+    return feeders
 
 
 def _owner(graph: gs.Graph, node: gs.Node) -> gs.Graph:
@@ -159,7 +188,7 @@ def _stray_consumer(tensor, allowed: set[tuple[int, int]]) -> str | None:
     for consumer in tensor.outputs:
         for index, inp in enumerate(consumer.inputs):
             if inp is tensor and (id(consumer), index) not in allowed:
-                return f"also feeds {consumer.op} {consumer.name!r}"
+                return f"also feeds {_named(consumer)}"
     return None
 
 
@@ -288,13 +317,16 @@ def _matches(patterns: tuple[str, ...], names: list[str]) -> bool:
 def find_layers(graph: gs.Graph, selection: Selection = Selection()
                 ) -> tuple[list[WeightLayer], list[Skipped]]:
     """The compressible weights of `graph` in graph order, and the refused ones with reasons."""
-    layers, skipped = [], []
-    for name, (source, slots, conflict) in _candidates(graph).items():
+    candidates, skipped = _candidates(graph)
+    layers = []
+    for name, (source, slots, conflict) in candidates.items():
         op, shape = slots[0][0].op, tuple(source.constant.shape)
         names = [name] + [slot[0].name for slot in slots]
         reason = ("reaches its consumers through different Transpose/Reshape/Cast nodes" if conflict
                   else _refusal(graph, source, slots))
         axis, groups = _axis(slots, _slot_rank(source, slots)) if reason is None else (None, 1)
+        if reason is None and axis is None:
+            reason = "its consumers disagree on the output-channel axis (left in float)"
         if reason is None and source.chain:
             axis = _source_axis(source, axis) if groups == 1 else None
             if axis is None:

@@ -443,3 +443,30 @@ def test_inspect_quiet_json_prints_only_json(tmp_path):
     result = _invoke("inspect", _save(tmp_path, _mlp()), "--json", "-q")
     assert result.exit_code == 0 and result.stderr == ""
     assert [layer["name"] for layer in json.loads(result.stdout)["layers"]] == ["W1", "W2", "W3"]
+
+
+def test_a_weight_passed_into_a_loop_body_as_an_input_is_skipped_with_the_reason():
+    layers, skipped = find_layers_allowing_none(_model("""
+agraph (float[2, 16] x, int64 n) => (float[16, 16] wout, float[3, 2, 16] ys) {
+    c = Constant <value = bool {1}> ()
+    wout, ys = Loop (n, c, W) <body = body (int64 i, bool cin, float[16, 16] w) => (bool cout, float[16, 16] w2,
+                                                                                   float[2, 16] s) {
+        cout = Identity (cin)
+        w2 = Identity (w)
+        s = MatMul (x, w)
+    }>
+}""", {"W": laplace((16, 16), 0.1, 9)}))
+    assert layers == []
+    assert [(s.name, s.op, s.reason) for s in skipped] == [
+        ("W", "MatMul", "reaches MatMul as an input of a Loop body (weights passed into subgraphs as inputs "
+                        "are left in float)")]
+
+
+def test_a_weight_whose_consumers_disagree_on_the_channel_axis_is_skipped():
+    layers, skipped = find_layers_allowing_none(_model("""
+agraph (float[16, 16] x) => (float[16, 16] y) {
+    a = MatMul (x, W)
+    b = MatMul (W, x)
+    y = Add (a, b)
+}""", {"W": laplace((16, 16), 0.1, 10)}))
+    assert layers == [] and "disagree on the output-channel axis" in skipped[0].reason
