@@ -197,12 +197,7 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
             int4_names += names
         rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values),
                               layer_macs(layer, shapes)))
-    settings.update({"selection": asdict(selection), "output": asdict(output), "onnxjpq_version": __version__,
-                     "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
-    total = totals(rows, _float_params(skipped), 0, 0, plan.diagnostics)
-    metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
-                "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
-                                              if not k.startswith(("bytes", "file"))}, sort_keys=True)}
+    total, metadata = _summary(rows, skipped, plan, selection, output, settings)
     out = _export(graph, model, int4, metadata)
     pack_int4(out, int4_names)
     if output.format == "sparse":
@@ -210,6 +205,18 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
         notes.append(f"{len(moved)} of {len(layers)} weights in sparse storage (the others are smaller dense)")
     _check(out, output.check_runtime)
     return out, report_dict(rows, total, skipped, settings)
+
+
+def _summary(rows, skipped, plan: CompressionPlan, selection: Selection, output: OutputConfig,
+             settings: dict) -> tuple[dict, dict]:
+    """Complete `settings` and return the totals and the metadata stored in the output."""
+    settings.update({"selection": asdict(selection), "output": asdict(output), "onnxjpq_version": __version__,
+                     "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
+    total = totals(rows, _float_params(skipped), 0, 0, plan.diagnostics)
+    metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
+                "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
+                                              if not k.startswith(("bytes", "file"))}, sort_keys=True)}
+    return total, metadata
 
 
 _SELECTED_OUT = ("below --min-params", "not matched by --include", "excluded by --exclude")

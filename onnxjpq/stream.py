@@ -38,18 +38,17 @@ import onnxruntime as ort
 from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from . import __version__
 from .channels import channel_ranges, rescale
-from .compress import _export, _float_params, upgrade_for
+from .compress import _export, _summary, upgrade_for
 from .errors import ModelError, OptionError
 from .io import ExternalWriter, external_span
-from .layers import Selection, WeightLayer, all_graphs, find_layers, kept_names
+from .layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
 from .macs import layer_macs, tensor_shapes
 from .methods.opq import (ChannelStats, OpqConfig, _mean_bins, calibrate_steps, int4_caps,
                           largest_remainder_counts, opq_steps, packed_bits, solve_prune_threshold)
 from .plan import CompressionPlan, LayerPlan
 from .quant import CONTAINER_MAX, to_channels
-from .report import layer_row, report_dict, totals
+from .report import layer_row, report_dict
 from .rewrite import layer_codes
 from .rewrite.dense import apply_float
 from .rewrite.qdq import apply_qdq, pack_int4
@@ -58,29 +57,47 @@ from .stats import laplace_fit, laplace_prune_fraction
 __all__ = ["MappedValues", "compress_streaming", "magnitude_mask", "solve_opq_streaming"]
 
 
+_PLACEHOLDER_BYTES = 1 << 20  # larger float tensors are read only when a pass needs them
+
+
 class MappedValues(LazyValues):
-    """An external tensor's values as a read-only memory map of its data file."""
+    """An external tensor's values, read from its data file.
+
+    `load` (what graphsurgeon and `find_layers` see) reads small or non-float
+    tensors (Reshape shapes and the like) for real, and gives large float
+    tensors a zero-strided placeholder of the right shape and dtype, so
+    finding the layers reads nothing; `read` maps the data (read-only) and
+    `release` drops the pages read so far from this process (they stay in the
+    page cache).
+    """
 
     def __init__(self, tensor: onnx.TensorProto, base: Path):
         super().__init__(tensor)
         self.file, self.offset, self.length = external_span(tensor, base)
+        self.np_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        self.placeholder = self.np_dtype.kind == "f" and self.length >= _PLACEHOLDER_BYTES
         self._map: np.memmap | None = None
 
     def load(self) -> np.ndarray:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
         shape = tuple(self.tensor.dims)
+        if self.placeholder:
+            return np.broadcast_to(np.zeros((), self.np_dtype), shape)
+        return np.array(self.read())
+
+    def read(self) -> np.ndarray:
         if self.length == 0:
-            return np.zeros(shape, dtype)
-        self._map = np.memmap(self.file, dtype=dtype, mode="r", offset=self.offset, shape=shape)
+            return np.zeros(tuple(self.tensor.dims), self.np_dtype)
+        if self._map is None:
+            self._map = np.memmap(self.file, dtype=self.np_dtype, mode="r", offset=self.offset,
+                                  shape=tuple(self.tensor.dims))
         return self._map
 
     def release(self) -> None:
-        """Drop the pages read so far from this process (they stay in the page cache)."""
         if self._map is not None:
             self._map._mmap.madvise(mmap.MADV_DONTNEED)
 
 
-def map_external(graph: gs.Graph, base: Path) -> dict[int, MappedValues]:
+def map_external(graph: gs.Graph, base: Path) -> dict[int, tuple[gs.Constant, MappedValues]]:
     """Make every external constant of `graph` a `MappedValues`; return them by id(constant)."""
     mapped = {}
     constants = [t for g in all_graphs(graph) for t in g.tensors().values() if isinstance(t, gs.Constant)]
@@ -90,7 +107,8 @@ def map_external(graph: gs.Graph, base: Path) -> dict[int, MappedValues]:
         lazy = constant._values
         if (type(lazy) is LazyValues and isinstance(lazy.tensor, onnx.TensorProto)
                 and external_data_helper.uses_external_data(lazy.tensor)):
-            constant._values = mapped[id(constant)] = MappedValues(lazy.tensor, base)
+            constant._values = MappedValues(lazy.tensor, base)
+            mapped[id(constant)] = (constant, constant._values)
     return mapped
 
 
@@ -112,14 +130,20 @@ class _Source:
     ranges when the layer gets per-channel steps (`onnxjpq.channels.normalize`)."""
 
     def __init__(self, layer: WeightLayer, mapped: MappedValues | None):
-        self.layer, self.mapped = layer, mapped
+        self.layer, self.mapped = layer, mapped if mapped is not None and mapped.placeholder else None
         self.name, self.axis, self.groups = layer.name, layer.axis, layer.groups
         self.size = layer.values.size
         self.ranges: np.ndarray | None = None
-        self.pruned = 0
+        self.scale, self.pruned = 0.0, 0
+
+    def raw(self) -> np.ndarray:
+        """The stored values as float32 (what `find_layers` gives in memory)."""
+        if self.mapped is None:
+            return self.layer.values
+        return np.asarray(self.mapped.read(), dtype=np.float32)
 
     def values(self) -> np.ndarray:
-        w = self.layer.values
+        w = self.raw()
         if self.ranges is None:
             return w
         view = [1] * w.ndim
@@ -158,15 +182,22 @@ class _KeptAbove:
         return _Counted(self.cache[t])
 
 
-def _scales(sources: list[_Source], granularity: str) -> np.ndarray:
-    """Pass 1: channel ranges and the Laplace scale mean|w| of each layer."""
-    scales = []
+def scan(sources: list[_Source], granularity: str) -> dict[str, str]:
+    """Pass 1: channel ranges and the Laplace scale mean|w| of each layer; returns the
+    layers holding NaN or Inf (name → reason), which stay as they are."""
+    bad = {}
     for s in sources:
-        s.ranges = channel_ranges(s.layer.values, s.axis, s.groups, granularity)
-        w = s.values()
-        scales.append(float(np.abs(w).mean()) if w.size else 0.0)
+        w = s.raw()
+        finite = int(np.count_nonzero(np.isfinite(w)))
+        if finite < w.size:
+            bad[s.name] = f"{w.size - finite} of {w.size} values are NaN or Inf (left as they are)"
+        else:
+            s.ranges = channel_ranges(w, s.axis, s.groups, granularity)
+            w = s.values()
+            s.scale = float(np.abs(w).mean()) if w.size else 0.0
+        del w
         s.release()
-    return np.array(scales)
+    return bad
 
 
 def _channel_stats(sources: list[_Source], solved: np.ndarray, threshold: float):
@@ -180,7 +211,7 @@ def _channel_stats(sources: list[_Source], solved: np.ndarray, threshold: float)
         alphas.append(kept.max(axis=1).astype(float))
         counts.append(mask.sum(axis=1).astype(np.int64))
         owners.append(np.full(kept.shape[0], i))
-        raw = kept if s.ranges is None else np.where(mask, to_channels(np.abs(s.layer.values), s.axis, 1), 0)
+        raw = kept if s.ranges is None else np.where(mask, to_channels(np.abs(s.raw()), s.axis, 1), 0)
         raw_max.append(raw.max(axis=1))
         if solved[i]:
             below += int((np.abs(w) <= threshold).sum())
@@ -192,10 +223,10 @@ def _channel_stats(sources: list[_Source], solved: np.ndarray, threshold: float)
 
 def solve_opq_streaming(sources: list[_Source], config: OpqConfig, fixed: frozenset[str]
                         ) -> tuple[CompressionPlan, list[tuple[np.ndarray, np.ndarray]]]:
-    """`solve_opq` on layers read from disk; the plan's masks are None (rebuilt per layer
-    from `_Source.pruned`). Also returns each layer's per-channel kept max |w| (in real
+    """`solve_opq` on layers read from disk, after `scan`; the plan's masks are None (rebuilt
+    per layer from `_Source.pruned`). Also returns each layer's per-channel kept max |w| (in real
     units) and kept count."""
-    scales = _scales(sources, config.granularity)
+    scales = np.array([s.scale for s in sources])
     sizes = np.array([s.size for s in sources], np.int64)
     solved = np.array([s.name not in fixed and sc > 0 for s, sc in zip(sources, scales)])
     n_pruned = int(round(config.prune * sizes.sum()))
@@ -253,14 +284,27 @@ def _max_code(plan: LayerPlan, kept_max: np.ndarray, counts: np.ndarray) -> int:
     return int(q.max(initial=0))
 
 
-def _find(model: onnx.ModelProto, base: Path, selection: Selection):
+def _find(model: onnx.ModelProto, base: Path, selection: Selection, bad: dict[str, str]):
+    """`compress._find` with the external weights left on disk; layers named in `bad`
+    are skipped with their reason."""
     graph = gs.import_onnx(model)
     mapped = map_external(graph, base)
-    layers, skipped = find_layers(graph, selection)
+    found, skipped = find_layers(graph, selection)
+    for constant, values in mapped.values():  # undo the placeholders graphsurgeon cached
+        constant._values = values
+    layers = [l for l in found if l.name not in bad]
+    skipped += [Skipped(l.name, l.op, tuple(l.values.shape), bad[l.name]) for l in found if l.name in bad]
     if not layers:
         raise ModelError("no compressible layer (Conv, ConvTranspose, Gemm or MatMul with a "
                          "constant float32 weight)")
-    return graph, layers, skipped, [_Source(l, mapped.get(id(l.constant))) for l in layers]
+    return graph, layers, skipped, [_Source(l, mapped.get(id(l.constant), (None, None))[1]) for l in layers]
+
+
+def _carry(sources: list[_Source], earlier: list[_Source]) -> None:
+    """Give a fresh find's layers what the passes learnt of them."""
+    known = {s.name: s for s in earlier}
+    for s in sources:
+        s.ranges, s.scale, s.pruned = known[s.name].ranges, known[s.name].scale, known[s.name].pruned
 
 
 def _spill(writer: ExternalWriter, constant: gs.Constant, int4: bool = False) -> None:
@@ -286,7 +330,8 @@ def _rewrite(graph, layers, sources, plan, output, int4, writer, shapes):
     plans, by_name = plan.by_name(), {s.name: s for s in sources}
     rows, zero_points, packed = [], [], set()
     for layer in layers:
-        source = by_name[layer.name]
+        source, placeholder = by_name[layer.name], layer.values
+        layer.values = source.raw()
         p = replace(plans[layer.name], mask=magnitude_mask(source.values(), source.pruned))
         if output.format == "float":
             container = apply_float(layer, p)
@@ -302,8 +347,26 @@ def _rewrite(graph, layers, sources, plan, output, int4, writer, shapes):
             _spill(writer, quantized, int4=container == "int4")
         rows.append(layer_row(layer, p, codes, container, laplace_fit(layer.values), layer_macs(layer, shapes)))
         del p, codes
+        layer.values = placeholder
         source.release()
     return rows, zero_points, packed
+
+
+def plan_streaming(model: onnx.ModelProto, base: Path, config: OpqConfig, selection: Selection,
+                   output) -> tuple[CompressionPlan, list[int], dict[str, str], list[_Source]]:
+    """`plan_model` for a model whose weights stay on disk: the plan, each layer's largest
+    code, the layers skipped for NaN/Inf (name → reason) and the layers' sources."""
+    if output.format != "qdq" or not output.int4:
+        config = replace(config, fit_int4=False)
+    _, layers, _, sources = _find(model, base, selection, {})
+    bad = scan(sources, config.granularity)
+    if bad:
+        earlier = sources
+        _, layers, _, sources = _find(model, base, selection, bad)
+        _carry(sources, earlier)
+    plan, kept_max = solve_opq_streaming(sources, config, kept_names(layers, selection))
+    plan = rescale(plan, layers, {s.name: s.ranges for s in sources if s.ranges is not None})
+    return plan, [_max_code(p, *channels) for p, channels in zip(plan.layers, kept_max)], bad, sources
 
 
 def compress_streaming(model: onnx.ModelProto, src, dst, config: OpqConfig, selection: Selection,
@@ -312,37 +375,23 @@ def compress_streaming(model: onnx.ModelProto, src, dst, config: OpqConfig, sele
     report and the bytes written (model + data file)."""
     base, dst = Path(src).parent.resolve(), Path(dst)
     _refuse_overwriting_input(model, base, dst)
-    if output.format != "qdq" or not output.int4:
-        config = replace(config, fit_int4=False)
-    _, layers, skipped, sources = _find(model, base, selection)
-    fixed = kept_names(layers, selection)
-    plan, kept_max = solve_opq_streaming(sources, config, fixed)
-    plan = rescale(plan, layers, {s.name: s.ranges for s in sources if s.ranges is not None})
-    max_codes = [_max_code(p, *channels) for p, channels in zip(plan.layers, kept_max)]
+    plan, max_codes, bad, sources = plan_streaming(model, base, config, selection, output)
     notes = []
     if not plan.diagnostics.get("bits_target_met", True):
         notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
     settings = {"method": plan.method, "config": asdict(config), "notes": notes}
     with contextlib.chdir(base):  # onnx.checker resolves the external data of a proto from the cwd
         model, int4 = upgrade_for(model, plan, max_codes, output, notes)
-    graph, layers, skipped, new_sources = _find(model, base, selection)
-    for new, old in zip(new_sources, sources):
-        new.ranges, new.pruned = old.ranges, old.pruned
+    graph, layers, skipped, new_sources = _find(model, base, selection, bad)
+    _carry(new_sources, sources)
     with ExternalWriter(dst) as writer:
         rows, zero_points, packed = _rewrite(graph, progress(layers) if progress else layers, new_sources,
                                              plan, output, int4, writer, tensor_shapes(model))
-        settings.update({"selection": asdict(selection), "output": asdict(output),
-                         "onnxjpq_version": __version__,
-                         "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
-        total = totals(rows, _float_params(skipped), 0, 0, plan.diagnostics)
-        metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
-                    "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
-                                                  if not k.startswith(("bytes", "file"))}, sort_keys=True)}
+        total, metadata = _summary(rows, skipped, plan, selection, output, settings)
         out = _export(graph, model, int4, metadata)
         _retype_int4(out, packed)
         pack_int4(out, zero_points)
-        path = writer.finish(out, base)
-        _check(path, output.check_runtime)
+        _check(writer.finish(out, base), output.check_runtime)
         bytes_out = writer.commit()
     return report_dict(rows, total, skipped, settings), bytes_out
 
@@ -357,10 +406,13 @@ def _refuse_overwriting_input(model: onnx.ModelProto, base: Path, dst: Path) -> 
 
 def _check(path: Path, runtime: bool) -> None:
     """The output must pass onnx.checker (from its path, so external data is allowed) and,
-    under 2 GB, load in onnxruntime: anything else is our bug."""
+    under 2 GB, load in onnxruntime: anything else is our bug. The session is built
+    without graph optimizations: constant folding would turn every DequantizeLinear
+    back into a float weight, the full-size copy this path avoids (2.3x the output)."""
     onnx.checker.check_model(str(path))
     data = path.parent / (path.name + ".data")
     if runtime and path.stat().st_size + data.stat().st_size < 2**31 - 1:
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -69,3 +69,59 @@ def test_import_onnxjpq_does_not_import_torch():
     code = "import sys, onnxjpq, onnxjpq.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _external_copy(tmp_path, edit) -> str:
+    """conv_model saved with external data, its weight's header changed by `edit(tensor)`."""
+    _save_external(conv_model(), tmp_path / "m.onnx", "m.data")
+    model = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    edit(model.graph.initializer[0])
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    return str(tmp_path / "m.onnx")
+
+
+def _set_entry(tensor, key, value):
+    for entry in tensor.external_data:
+        if entry.key == key:
+            entry.value = str(value)
+            return
+    entry = tensor.external_data.add()
+    entry.key, entry.value = key, str(value)
+
+
+def _assert_one_line_model_error(path, match, tmp_path):
+    for call in (lambda: load_model(path), lambda: compress_file(path, tmp_path / "out.onnx", OpqConfig())):
+        with pytest.raises(ModelError, match=match) as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: _set_entry(t, "offset", 10**12), "run past the end"),
+    (lambda t: _set_entry(t, "length", 8), "need 864 bytes, its external data holds 8"),
+    (lambda t: (t.ClearField("dims"), t.dims.extend([10**6, 10**6, 10**6])), "need 4000000000000000000 bytes"),
+    (lambda t: (t.ClearField("dims"), t.dims.extend([8, -3, 3, 3])), "negative dimension"),
+    (lambda t: _set_entry(t, "offset", "x"), "bad external data entry"),
+])
+def test_hostile_external_data_headers_are_one_line_model_errors(tmp_path, edit, match):
+    _assert_one_line_model_error(_external_copy(tmp_path, edit), match, tmp_path)
+
+
+def test_absurd_dims_of_an_inline_tensor_are_a_model_error(tmp_path):
+    model = conv_model()
+    weight = model.graph.initializer[0]
+    weight.ClearField("dims")
+    weight.dims.extend([2**40, 2**20])
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    _assert_one_line_model_error(tmp_path / "m.onnx", "need 4611686018427387904 bytes, it stores 864", tmp_path)
+
+
+def test_typed_values_that_do_not_match_the_dims_are_a_model_error(tmp_path):
+    model = conv_model()
+    weight = model.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(weight).ravel()
+    weight.ClearField("raw_data")
+    weight.float_data.extend(values[:10].tolist())
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    _assert_one_line_model_error(tmp_path / "m.onnx", "declare 216 values, it stores 10", tmp_path)

@@ -1,0 +1,170 @@
+"""Large models: the streaming path (external data in, external data out) and its benchmark."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxjpq import ModelError, OpqConfig, OptionError, compress_file
+from onnxjpq import stream
+from onnxjpq.compress import OutputConfig, streamable
+from onnxjpq.io import load_model_lazy
+from onnxjpq.testing import laplace, run
+
+ROOT = Path(__file__).resolve().parents[1]
+FEEDS = {"x": np.linspace(-1, 1, 128, dtype=np.float32).reshape(2, 64)}
+
+
+def _model(nan: bool = False) -> onnx.ModelProto:
+    """MatMul, Gemm (transB, one outlier channel), a weight behind Transpose, a Constant-node weight."""
+    w2 = laplace((96, 128), seed=2)
+    w2[5] *= 20
+    w3 = laplace((16, 96), seed=4)
+    if nan:
+        w3[0, 0] = np.nan
+    inits = [numpy_helper.from_array(v, k) for k, v in
+             {"W1": laplace((64, 128), seed=1), "W2": w2, "b2": laplace((96,), seed=3), "W3": w3}.items()]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h1"], name="mm1"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+        helper.make_node("Gemm", ["h2", "W2", "b2"], ["h3"], name="gemm", transB=1),
+        helper.make_node("Transpose", ["W3"], ["W3t"], name="t3", perm=[1, 0]),
+        helper.make_node("MatMul", ["h3", "W3t"], ["h4"], name="mm3"),
+        helper.make_node("Constant", [], ["W4"], name="c4",
+                         value=numpy_helper.from_array(laplace((16, 16), seed=5), "W4_value")),
+        helper.make_node("MatMul", ["h4", "W4"], ["y"], name="mm4"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _pair(folder: Path, model: onnx.ModelProto) -> tuple[Path, Path]:
+    """The same model saved plain and with every tensor in external data."""
+    plain, ext = folder / "plain.onnx", folder / "ext.onnx"
+    onnx.save_model(model, str(plain))
+    onnx.save_model(model, str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.data", size_threshold=0)
+    return plain, ext
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    tensors = onnx.external_data_helper._get_all_tensors(model)
+    return {t.name: numpy_helper.to_array(t) for t in tensors}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _without_bytes(report: dict) -> str:
+    totals = {k: v for k, v in report["totals"].items() if not k.startswith(("bytes", "file"))}
+    return json.dumps({**report, "totals": totals}, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("config, output, placeholders", [
+    (OpqConfig(), OutputConfig(), True),
+    (OpqConfig(prune=0.5, bits=4), OutputConfig(), True),
+    (OpqConfig(bits=4), OutputConfig(), False),
+    (OpqConfig(prune=0.3, bits=3, keep_survivors=False, granularity="channel"), OutputConfig(), True),
+    (OpqConfig(prune=0.5, bits=4), OutputConfig(format="float"), True),
+])
+def test_streaming_output_equals_the_in_memory_output(tmp_path, monkeypatch, config, output, placeholders):
+    if placeholders:  # every float tensor read from the file only when a pass needs it
+        monkeypatch.setattr(stream, "_PLACEHOLDER_BYTES", 0)
+    plain, ext = _pair(tmp_path, _model())
+    assert streamable(load_model_lazy(ext), config, output, None)
+    assert not streamable(load_model_lazy(plain), config, output, None)
+    memory = compress_file(plain, tmp_path / "a.onnx", config, output=output)
+    streamed = compress_file(ext, tmp_path / "b.onnx", config, output=output)
+    assert _without_bytes(streamed) == _without_bytes(memory)
+    a, b = _tensors(tmp_path / "a.onnx"), _tensors(tmp_path / "b.onnx")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+    np.testing.assert_array_equal(run(str(tmp_path / "a.onnx"), FEEDS)[0], run(str(tmp_path / "b.onnx"), FEEDS)[0])
+    assert streamed["totals"]["bytes_out"] == sum(p.stat().st_size for p in tmp_path.glob("b.onnx*"))
+
+
+def test_streaming_output_uses_external_data_and_leaves_the_input_alone(tmp_path):
+    _, ext = _pair(tmp_path, _model())
+    (tmp_path / "plain.onnx").unlink()
+    before = _digest(tmp_path)
+    compress_file(ext, tmp_path / "out.onnx", OpqConfig(prune=0.5, bits=4))
+    after = _digest(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(after.keys() - before.keys()) == ["out.onnx", "out.onnx.data"]
+    model = onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)
+    locations = {e.value for t in onnx.external_data_helper._get_all_tensors(model)
+                 for e in t.external_data if e.key == "location"}
+    assert locations == {"out.onnx.data"}
+    onnx.checker.check_model(str(tmp_path / "out.onnx"))
+
+
+def test_a_failed_streaming_run_leaves_nothing_behind(tmp_path, monkeypatch):
+    _, ext = _pair(tmp_path, _model())
+    before = _digest(tmp_path)
+
+    def broken(path, runtime):
+        raise RuntimeError("check failed")
+
+    monkeypatch.setattr(stream, "_check", broken)
+    with pytest.raises(RuntimeError, match="check failed"):
+        compress_file(ext, tmp_path / "out.onnx", OpqConfig())
+    assert _digest(tmp_path) == before
+
+
+def test_streaming_skips_a_layer_with_nan_like_the_in_memory_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "_PLACEHOLDER_BYTES", 0)
+    plain, ext = _pair(tmp_path, _model(nan=True))
+    memory = compress_file(plain, tmp_path / "a.onnx", OpqConfig(bits=4))
+    streamed = compress_file(ext, tmp_path / "b.onnx", OpqConfig(bits=4))
+    assert streamed["skipped"] == memory["skipped"]
+    assert any("NaN" in s["reason"] for s in streamed["skipped"])
+    assert streamed["layers"] == memory["layers"]
+    np.testing.assert_array_equal(run(str(tmp_path / "a.onnx"), FEEDS)[0], run(str(tmp_path / "b.onnx"), FEEDS)[0])
+
+
+def test_output_data_file_may_not_overwrite_the_input_data(tmp_path):
+    model = _model()
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="out.onnx.data", size_threshold=0)
+    before = _digest(tmp_path)
+    with pytest.raises(OptionError, match="overwrite the input"):
+        compress_file(tmp_path / "m.onnx", tmp_path / "out.onnx", OpqConfig())
+    assert _digest(tmp_path) == before
+
+
+def test_streaming_refuses_external_data_past_the_end_of_its_file(tmp_path):
+    _, ext = _pair(tmp_path, _model())
+    with open(tmp_path / "ext.data", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ModelError, match="run past the end"):
+        compress_file(ext, tmp_path / "out.onnx", OpqConfig())
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_magnitude_mask_matches_the_argsort_definition():
+    from onnxjpq.methods.opq import magnitude_mask as reference
+
+    w = np.round(laplace((37, 11), seed=9), 2)  # rounding makes ties
+    for k in (0, 1, 50, 200, w.size):
+        np.testing.assert_array_equal(stream.magnitude_mask(w, k), reference(w, k))
+
+
+def test_bench_large_runs_at_a_small_size(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_large.py"), "--size-gb", "0.02",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("floor (onnx.load+save)") for line in lines)
+    row = next(line for line in lines if line.startswith("onnxjpq compress")).split("|")
+    assert float(row[3]) > 0 and row[5].strip() in ("yes", "NO")
+    assert list(tmp_path.iterdir()) == []  # the generated model is deleted
