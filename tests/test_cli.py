@@ -261,3 +261,37 @@ def test_installed_command_exits_2_with_one_error_line(make_args, mlp_path, tmp_
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------- pipelines
+
+
+def _mlp_data(tmp_path) -> Path:
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32))
+    return data
+
+
+def test_eval_and_sensitivity_json_dash_print_only_json_on_stdout(mlp_path, tmp_path):
+    data = _mlp_data(tmp_path)
+    result = _invoke("eval", mlp_path, mlp_path, "--data", data, "--runs", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["agreement"] == 100.0
+    assert "onnxjpq eval" in result.stderr
+    result = _invoke("sensitivity", mlp_path, "--data", data, "--json", "-", "-q", "--min-params", "0")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) and result.stderr == ""
+
+
+def test_installed_command_exits_1_when_eval_validation_fails(mlp_path, tmp_path):
+    data, cand = _mlp_data(tmp_path), tmp_path / "cand.onnx"
+    model = onnx.load(str(mlp_path))
+    for tensor in model.graph.initializer:  # a candidate that disagrees with the reference
+        tensor.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(model, str(cand))
+    proc = subprocess.run([str(ONNXJPQ), "eval", str(mlp_path), str(cand), "--data", str(data), "--runs", "0",
+                           "--max-drop", "1", "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "more than --max-drop 1" in lines[0]
