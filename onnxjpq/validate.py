@@ -59,14 +59,32 @@ def load_dataset(path: str | os.PathLike, sess: ort.InferenceSession, labels_key
                         + ", ".join(f"{i.name} {i.shape}" for i in expected.values())
                         + f"; the file has {', '.join(arrays) or 'nothing'}")
     inputs = {name: arrays[name] for name in expected}
-    lengths = {len(a) for a in inputs.values()}
     labels = arrays.get(labels_key)
+    scalars = [name for name, a in [*inputs.items(), (labels_key, labels)] if a is not None and a.ndim == 0]
+    if scalars:
+        raise DataError(f"{path}: {', '.join(scalars)} is a single value; stack the samples along axis 0")
+    if labels is not None:
+        labels = check_labels(labels, str(path))
+    lengths = {len(a) for a in inputs.values()}
     if labels is not None:
         lengths.add(len(labels))
     if len(lengths) != 1:
         raise DataError(f"{path}: arrays have different lengths along axis 0: {sorted(lengths)}")
+    if lengths == {0}:
+        raise DataError(f"{path}: no samples")
     check_inputs(inputs, sess, str(path))
     return Dataset(inputs, labels)
+
+
+def check_labels(labels: np.ndarray, source: str) -> np.ndarray:
+    """Labels as int64 class indices: integers, or floats holding whole numbers."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        return labels.astype(np.int64)
+    raise DataError(f"{source}: labels must be integer class indices, got {labels.dtype}"
+                    + (" with fractions, NaN or Inf" if labels.dtype.kind == "f" else ""))
 
 
 def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -109,6 +127,8 @@ def check_inputs(arrays: dict[str, np.ndarray], sess: ort.InferenceSession, sour
     """Each array must have its input's rank, declared fixed sizes (axis 0, the samples, aside) and dtype."""
     for arg in sess.get_inputs():
         array, declared = arrays[arg.name], arg.shape
+        if array.ndim == 0:
+            raise DataError(f"{source}: input {arg.name!r} is a single value; stack the samples along axis 0")
         if not isinstance(declared, list):
             continue
         expects = f"the model expects {arg.name} {_shape_text(declared)} (samples stacked along axis 0)"
@@ -254,7 +274,9 @@ def _entry_batches(spec: str, func: Callable, sess: ort.InferenceSession, size: 
         labelled = labels_key in item
         feed = {n: np.asarray(item[n]) for n in names}
         check_inputs(feed, sess, where)
-        labels = np.asarray(item[labels_key]) if labelled else None
+        labels = check_labels(item[labels_key], where) if labelled else None
+        if labels is not None and labels.ndim == 0:
+            raise DataError(f"{where}: {labels_key!r} is a single value; give one label per sample")
         lengths = {len(a) for a in feed.values()} | ({len(labels)} if labelled else set())
         if len(lengths) != 1:
             raise DataError(f"{where}: arrays have different lengths along axis 0: {sorted(lengths)}")

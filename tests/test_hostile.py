@@ -470,3 +470,22 @@ agraph (float[16, 16] x) => (float[16, 16] y) {
     y = Add (a, b)
 }""", {"W": laplace((16, 16), 0.1, 10)}))
     assert layers == [] and "disagree on the output-channel axis" in skipped[0].reason
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"x": np.float32(1.0)}, "x is a single value"),
+    ({"labels": np.array(list("ab"))}, "labels must be integer class indices, got <U1"),
+    ({"labels": np.array([0.5, np.nan])}, "labels must be integer class indices"),
+    ({"labels": np.int64(3)}, "labels is a single value"),
+    ({"x": np.zeros((0, 16), np.float32)}, "no samples"),
+])
+def test_malformed_data_arrays_are_refused_in_one_line(arrays, match, tmp_path):
+    src, data = _save(tmp_path, _mlp()), tmp_path / "data.npz"
+    np.savez(data, **({"x": np.zeros((2, 16), np.float32)} | arrays))
+    _assert_one_error(_invoke("eval", src, src, "--data", data, "--runs", "0"), match=match)
+
+
+def test_whole_number_float_labels_are_accepted(tmp_path):
+    src, data = _save(tmp_path, _mlp()), tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((4, 16), np.float32), labels=np.array([0.0, 1.0, 2.0, 3.0]))
+    assert _invoke("eval", src, src, "--data", data, "--runs", "0", "-q").exit_code == 0
