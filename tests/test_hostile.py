@@ -275,10 +275,15 @@ def test_an_all_zero_layer_compresses_without_warnings_or_nan(options, tmp_path)
     np.testing.assert_array_equal(y, np.zeros_like(y))  # the dead layer stays dead
 
 
-def test_pruning_more_than_the_non_zero_layers_hold_is_refused_in_one_line(tmp_path):
-    src = _save(tmp_path, _mlp(np.zeros((16, 32), np.float32)))
-    _assert_one_error(_invoke("compress", src, "-o", tmp_path / "out.onnx", "--keep", "none", "--prune", "0.6"),
-                      match="all-zero layers")
+def test_an_all_zero_layer_counts_as_pruned_toward_the_prune_ratio(tmp_path):
+    src = _save(tmp_path, _mlp(np.zeros((16, 32), np.float32)))  # 512 of 896 weights are 0
+    result = _invoke("compress", src, "-o", tmp_path / "out.onnx", "--keep", "none", "--prune", "0.6", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["totals"]["prune_ratio"] == pytest.approx(0.6, abs=0.01)
+    # W1 kept dense: 717 - 512 weights to prune, and only W3's 128 may be
+    _assert_one_error(_invoke("compress", src, "-o", tmp_path / "out.onnx", "--keep", "W1", "--prune", "0.8"),
+                      match="cannot prune 80% of the weights: only 128 of 896 may be pruned")
 
 
 # ------------------------------------------------------------ hostile models

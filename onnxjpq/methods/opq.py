@@ -255,11 +255,12 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
     scales = np.array([float(np.abs(l.values).mean()) if l.values.size else 0.0 for l in layers])
     sizes = np.array([l.values.size for l in layers], np.int64)
     solved = np.array([l.name not in fixed and s > 0 for l, s in zip(layers, scales)])
-    n_pruned = int(round(config.prune * sizes.sum()))
+    # all-zero layers store no non-zero weight: they count as pruned already
+    n_pruned = max(0, int(round(config.prune * sizes.sum())) - int(sizes[scales == 0].sum()))
     if n_pruned > sizes[solved].sum():
         raise OptionError(f"cannot prune {config.prune:.0%} of the weights: "
                           f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned "
-                          "(layers kept at 8 bits and all-zero layers are not)")
+                          "(layers kept at 8 bits are not)")
 
     target = n_pruned / sizes[solved].sum() if solved.any() else 0.0
     threshold = solve_prune_threshold(sizes[solved], scales[solved], target) if solved.any() else 0.0
