@@ -51,11 +51,45 @@ def load_model_lazy(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: not an ONNX model (no graph)")
     base = path.parent.resolve()
     for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            external_span(tensor, base)
-        else:
-            _check_inline(tensor)
+        _check_tensor(tensor, base)
+    for sparse in _sparse_tensors(model.graph):
+        _check_sparse(sparse, base)
     return model
+
+
+def _check_tensor(tensor: onnx.TensorProto, base: Path) -> None:
+    if external_data_helper.uses_external_data(tensor):
+        external_span(tensor, base)
+    else:
+        _check_inline(tensor)
+
+
+def _sparse_tensors(graph: onnx.GraphProto):
+    yield from graph.sparse_initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _sparse_tensors(sub)
+
+
+def _check_sparse(sparse: onnx.SparseTensorProto, base: Path) -> None:
+    """A sparse tensor's values and indices must be consistent, and its dense form (what
+    reading it as a weight builds) must fit in this machine's memory."""
+    name = sparse.values.name
+    _check_tensor(sparse.values, base)
+    _check_tensor(sparse.indices, base)
+    if any(d < 0 for d in sparse.dims):
+        raise ModelError(f"sparse tensor {name!r}: negative dimension in {list(sparse.dims)}")
+    dense = onnx.TensorProto(name=name, data_type=sparse.values.data_type, dims=list(sparse.dims))
+    nbytes, memory = tensor_nbytes(dense), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes is not None and nbytes > memory:
+        raise ModelError(f"sparse tensor {name!r}: dims {list(sparse.dims)} make {nbytes} bytes dense, "
+                         f"more than this machine's memory ({memory})")
+    nnz = sparse.values.dims[0] if sparse.values.dims else 0
+    if list(sparse.indices.dims) not in ([nnz], [nnz, len(sparse.dims)]):
+        raise ModelError(f"sparse tensor {name!r}: {nnz} values but indices of shape {list(sparse.indices.dims)}")
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:

@@ -6,9 +6,11 @@ or float output, no calibration data). The output is the in-memory path's,
 value for value (tests/test_large.py); only the memory differs:
 
 - the model is read without its external data; each external tensor becomes a
-  read-only memory map (`MappedValues`, graphsurgeon's `LazyValues` with the
-  same TensorProto), paged in when a layer is used and released after it
-  (madvise DONTNEED), so the resident set holds about one layer;
+  `MappedValues` (graphsurgeon's `LazyValues` on the same TensorProto, so
+  tensors left alone export as they are). Finding the layers reads nothing:
+  large float tensors show a zero-strided placeholder. A pass maps one
+  layer's bytes read-only and releases the pages after it (madvise
+  DONTNEED), so the resident set holds about one layer;
 - OPQ is solved from per-layer statistics gathered in two passes over the
   weights (`solve_opq_streaming`): Laplace scales and channel ranges, then
   masks, kept maxima and kept counts. The step calibration also counts, in
@@ -19,8 +21,11 @@ value for value (tests/test_large.py); only the memory differs:
   (`io.ExternalWriter`) and the graph keeps a reference to them; tensors the
   rewrite leaves alone are copied across in chunks.
 
-Peak memory is the imports plus the temporaries of the largest layer (about
-40 bytes per weight: its values, mask, float64 rounding, codes and error).
+Peak memory is the imports (about 150 MB, 300 MB through the CLI) plus the
+temporaries of the largest layer (about 32 bytes per weight: its values, mask,
+float64 rounding, codes, error and Laplace fit), whatever the model's size;
+tools/bench_large.py measures it. The onnxruntime check of the output runs
+without graph optimizations (see `_check`).
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ from .rewrite.dense import apply_float
 from .rewrite.qdq import apply_qdq, pack_int4
 from .stats import laplace_fit, laplace_prune_fraction
 
-__all__ = ["MappedValues", "compress_streaming", "magnitude_mask", "solve_opq_streaming"]
+__all__ = ["MappedValues", "compress_streaming", "magnitude_mask", "map_external", "plan_streaming", "scan",
+           "solve_opq_streaming"]
 
 
 _PLACEHOLDER_BYTES = 1 << 20  # larger float tensors are read only when a pass needs them
@@ -115,9 +121,9 @@ def map_external(graph: gs.Graph, base: Path) -> dict[int, tuple[gs.Constant, Ma
 def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
     """`opq.magnitude_mask` (prune the `n_pruned` smallest |w|, ties by flat index)
     with a partition instead of a full argsort."""
-    flat = np.abs(w).ravel()
     if n_pruned <= 0:
         return np.ones(w.shape, bool)
+    flat = np.abs(w).ravel()
     kth = np.partition(flat, n_pruned - 1)[n_pruned - 1]
     mask = flat > kth
     ties = np.flatnonzero(flat == kth)

@@ -125,3 +125,29 @@ def test_typed_values_that_do_not_match_the_dims_are_a_model_error(tmp_path):
     weight.float_data.extend(values[:10].tolist())
     onnx.save_model(model, str(tmp_path / "m.onnx"))
     _assert_one_line_model_error(tmp_path / "m.onnx", "declare 216 values, it stores 10", tmp_path)
+
+
+def _sparse_model(dims, indices) -> onnx.ModelProto:
+    values = onnx.numpy_helper.from_array(np.ones(3, np.float32), "W")
+    index = onnx.numpy_helper.from_array(np.array(indices, np.int64), "W_index")
+    sparse = onnx.helper.make_sparse_tensor(values, index, dims)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, dims[0]])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, dims[1]])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "W"], ["y"])], "g", [x], [y],
+                                   sparse_initializer=[sparse])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_sparse_tensor_too_large_to_densify_is_a_model_error(tmp_path):
+    onnx.save_model(_sparse_model([10**6, 10**6], [0, 5, 9]), str(tmp_path / "m.onnx"))
+    _assert_one_line_model_error(tmp_path / "m.onnx", "bytes dense, more than this machine's memory", tmp_path)
+
+
+def test_sparse_indices_that_do_not_match_the_values_are_a_model_error(tmp_path):
+    onnx.save_model(_sparse_model([4, 4], [0, 5]), str(tmp_path / "m.onnx"))
+    _assert_one_line_model_error(tmp_path / "m.onnx", "3 values but indices of shape", tmp_path)
+
+
+def test_valid_sparse_initializer_loads(tmp_path):
+    onnx.save_model(_sparse_model([4, 4], [0, 5, 9]), str(tmp_path / "m.onnx"))
+    assert len(load_model(tmp_path / "m.onnx").graph.sparse_initializer) == 1
