@@ -2,7 +2,8 @@
 
 Valid tiny models are mutated at the byte level (flips, truncation) and at
 the protobuf level (dims, dtypes, op types, attributes, inputs, opsets), and
-the CLI runs in-process on each. Whatever the input, the run must end either
+the CLI runs in-process on each (compress in several modes, inspect; eval on
+mutated .npz data files). Whatever the input, the run must end either
 with status 0 and an output onnx.checker accepts, or with status 1 or 2 and a
 single `error: ...` line: never an unhandled exception, never a partial
 output, never a modified input. The examples are derandomized, so CI sees the
@@ -231,3 +232,32 @@ def test_mutated_models_in_other_modes(case, options):
 def test_mutated_models_inspect_or_fail_with_one_line(case):
     _, data = case
     assert_clean_run(data, ["--json", "--min-params", "0"], command="inspect")
+
+
+def _npz_seed() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buffer, x=rng.standard_normal((4, 16)).astype(np.float32), labels=np.arange(4) % 4)
+    return buffer.getvalue()
+
+
+NPZ = _npz_seed()
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.data())
+def test_mutated_data_files_evaluate_or_fail_with_one_line(data):
+    blob = data.draw(st.sampled_from([_flip, _truncate]))(NPZ, data.draw)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, path = Path(tmp) / "m.onnx", Path(tmp) / "d.npz"
+        model.write_bytes(SEEDS["mlp"])
+        path.write_bytes(blob)
+        result = CliRunner().invoke(main, ["eval", str(model), str(model), "--data", str(path), "--runs", "0", "-q"])
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        assert result.exit_code in (0, 2)
+        if result.exit_code:
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
