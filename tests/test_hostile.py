@@ -494,3 +494,25 @@ def test_whole_number_float_labels_are_accepted(tmp_path):
     src, data = _save(tmp_path, _mlp()), tmp_path / "data.npz"
     np.savez(data, x=np.zeros((4, 16), np.float32), labels=np.array([0.0, 1.0, 2.0, 3.0]))
     assert _invoke("eval", src, src, "--data", data, "--runs", "0", "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "float"])
+def test_float16_constant_node_through_transpose_and_cast_keeps_consistent_types(fmt):
+    # The exporter annotated the float16 intermediates: after the rewrite they carry float32 (qdq)
+    # or stay float16 (float), and onnx's full check agrees with the graph.
+    weight = numpy_helper.from_array(laplace((8, 16), 0.1, 12).astype(np.float16))
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w16"], value=weight),
+         helper.make_node("Transpose", ["w16"], ["wt"], perm=[1, 0]),
+         helper.make_node("Cast", ["wt"], ["wf"], to=onnx.TensorProto.FLOAT),
+         helper.make_node("MatMul", ["x", "wf"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])],
+        value_info=[helper.make_tensor_value_info("w16", onnx.TensorProto.FLOAT16, [8, 16]),
+                    helper.make_tensor_value_info("wt", onnx.TensorProto.FLOAT16, [16, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    out, _ = _assert_close_after(model, fmt)
+    onnx.checker.check_model(out, full_check=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in out.graph.value_info}
+    expected = onnx.TensorProto.FLOAT if fmt == "qdq" else onnx.TensorProto.FLOAT16
+    assert types == {"w16": expected, "wt": expected}
