@@ -229,16 +229,19 @@ def _channel_stats(sources: list[_Source], solved: np.ndarray, threshold: float)
 
 def solve_opq_streaming(sources: list[_Source], config: OpqConfig, fixed: frozenset[str]
                         ) -> tuple[CompressionPlan, list[tuple[np.ndarray, np.ndarray]]]:
-    """`solve_opq` on layers read from disk, after `scan`; the plan's masks are None (rebuilt
+    """`solve_opq` on layers read from disk, after `scan`, step for step (keep the two in
+    step: tests/test_large.py compares them); the plan's masks are None (rebuilt
     per layer from `_Source.pruned`). Also returns each layer's per-channel kept max |w| (in real
     units) and kept count."""
     scales = np.array([s.scale for s in sources])
     sizes = np.array([s.size for s in sources], np.int64)
     solved = np.array([s.name not in fixed and sc > 0 for s, sc in zip(sources, scales)])
-    n_pruned = int(round(config.prune * sizes.sum()))
+    # all-zero layers store no non-zero weight: they count as pruned already
+    n_pruned = max(0, int(round(config.prune * sizes.sum())) - int(sizes[scales == 0].sum()))
     if n_pruned > sizes[solved].sum():
         raise OptionError(f"cannot prune {config.prune:.0%} of the weights: "
-                          f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned")
+                          f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned "
+                          "(layers kept at 8 bits are not)")
     target = n_pruned / sizes[solved].sum() if solved.any() else 0.0
     threshold = solve_prune_threshold(sizes[solved], scales[solved], target) if solved.any() else 0.0
     predicted = np.array([laplace_prune_fraction(threshold, s) if ok else 0.0

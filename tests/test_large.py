@@ -21,13 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 FEEDS = {"x": np.linspace(-1, 1, 128, dtype=np.float32).reshape(2, 64)}
 
 
-def _model(nan: bool = False) -> onnx.ModelProto:
+def _model(nan: bool = False, zero: bool = False) -> onnx.ModelProto:
     """MatMul, Gemm (transB, one outlier channel), a weight behind Transpose, a Constant-node weight."""
     w2 = laplace((96, 128), seed=2)
     w2[5] *= 20
     w3 = laplace((16, 96), seed=4)
     if nan:
         w3[0, 0] = np.nan
+    if zero:
+        w3[:] = 0
     inits = [numpy_helper.from_array(v, k) for k, v in
              {"W1": laplace((64, 128), seed=1), "W2": w2, "b2": laplace((96,), seed=3), "W3": w3}.items()]
     nodes = [
@@ -130,6 +132,14 @@ def test_streaming_skips_a_layer_with_nan_like_the_in_memory_path(tmp_path, monk
     assert any("NaN" in s["reason"] for s in streamed["skipped"])
     assert streamed["layers"] == memory["layers"]
     np.testing.assert_array_equal(run(str(tmp_path / "a.onnx"), FEEDS)[0], run(str(tmp_path / "b.onnx"), FEEDS)[0])
+
+
+def test_streaming_counts_an_all_zero_layer_like_the_in_memory_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "_PLACEHOLDER_BYTES", 0)
+    plain, ext = _pair(tmp_path, _model(zero=True))
+    memory = compress_file(plain, tmp_path / "a.onnx", OpqConfig(prune=0.5, bits=4))
+    streamed = compress_file(ext, tmp_path / "b.onnx", OpqConfig(prune=0.5, bits=4))
+    assert _without_bytes(streamed) == _without_bytes(memory)
 
 
 def test_output_data_file_may_not_overwrite_the_input_data(tmp_path):
