@@ -146,7 +146,11 @@ def check_inputs(arrays: dict[str, np.ndarray], sess: ort.InferenceSession, sour
 
 
 def predict(sess: ort.InferenceSession, data: Dataset, batch: int = 256, output: int = 0) -> np.ndarray:
-    """One output of the model over the whole dataset, run in batches."""
+    """One output of the model over the whole dataset, run in batches (of the model's size, if it fixes one)."""
+    fixed = fixed_batch(sess)
+    if fixed and len(data) % fixed:
+        raise DataError(f"{len(data)} samples do not split into the model's fixed batch size {fixed}")
+    batch = fixed or batch
     outs = []
     for start in range(0, len(data), batch):
         feed = {k: v[start:start + batch] for k, v in data.inputs.items()}

@@ -516,3 +516,14 @@ def test_float16_constant_node_through_transpose_and_cast_keeps_consistent_types
     types = {v.name: v.type.tensor_type.elem_type for v in out.graph.value_info}
     expected = onnx.TensorProto.FLOAT if fmt == "qdq" else onnx.TensorProto.FLOAT16
     assert types == {"w16": expected, "wt": expected}
+
+
+def test_max_drop_search_on_a_fixed_batch_model_runs_in_its_batch_size(tmp_path):
+    # The MLP fixes batch 2: the search's predictions must run 2 samples at a time.
+    src, data, out = _save(tmp_path, _mlp()), tmp_path / "data.npz", tmp_path / "out.onnx"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32))
+    result = _invoke("compress", src, "-o", out, "--max-drop", "100", "--data", data, "--min-params", "0", "-q")
+    assert result.exit_code == 0, result.output
+    np.savez(data, x=np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32))
+    _assert_one_error(_invoke("compress", src, "-o", out, "--max-drop", "100", "--data", data),
+                      match="7 samples do not split into the model's fixed batch size 2")
