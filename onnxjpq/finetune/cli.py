@@ -33,7 +33,7 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
         raise OptionError(f"--resume: no checkpoint at {train_config.checkpoint}")
     if train_config.resume and method != "masked":
         raise OptionError(f"--resume continues masked runs; {method} state is not checkpointed yet")
-    epochs = train_config.epochs + (config.retrain_epochs if method == "admm" else 0)
+    epochs = train_config.epochs + (config.retrain_epochs if method != "masked" else 0)
     steps = epochs * -(-len(data) // train_config.batch)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("fine-tuning", total=steps)

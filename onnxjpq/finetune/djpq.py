@@ -8,16 +8,26 @@ is pruned when α = μ²/σ² < α_th = 1e-3. The loss (eq. 17, with a budget):
 
     CE + γ·Σ log(1 + μ²/σ²) + β·max(0, BOPs / (BOPs_fp32 / R) − 1)
 
-where BOPs_l = MACs_l·(1 − p_l)·b_l·32 with the soft pruning ratio
-p_l = mean σ((ln α_th − ln α)/0.5) (the log-domain form of eq. 19). The hinge
-on the budget R replaces the paper's free β·BOPs, so a user asks for a BOPs
-reduction. Activations stay float (32 bits in BOPs); input-channel pruning of
-the next layer is not counted (both [D], conservative). Power-of-two bits
-(Alg. 2): b' = 2^⌊log2 b⌋ ≥ 2 and d' = q_m^t/(2^{b'−1} − 1) in the forward pass.
+where BOPs_l = MACs_l·(1 − p_{l−1})·(1 − p_l)·b_l·32 (eqs. 14-16): p_l is
+layer l's pruned fraction of output channels and p_{l−1} that of the layer
+feeding its input channels (see `input_links`; 0 if none). The hinge on the
+budget R replaces the paper's free β·BOPs, so a user asks for a BOPs
+reduction. Activations stay float (32 bits in BOPs) [D].
+
+The BOPs term counts what the export will have, so the budget is met by the
+model written: the pruned fraction is the hard count of gates below α_th,
+with the gradient of σ((ln α − ln α_th)/T) (the log-domain form of eq. 19,
+T wide enough that gates far from the threshold still feel the budget), and
+the bits are the stored width ⌈log2(2·⌊q_m^t/d⌉ + 1)⌉ with the gradient of
+eq. 3. Without a usable gate gradient the budget can only be met by bits, and
+the middle layers collapse to 2 bits; so the bits have a floor (`min_bits`, 3)
+and channels must go. Power-of-two bits (Alg. 2): b' = 2^⌊log2 b⌋, at least
+the power of two ≥ min_bits, and d' = q_m^t/(2^{b'−1} − 1) in the forward pass.
 
 Export: the stored weight is sgn·d·k (k integer) times the gate μ: codes k,
 one step d·|μ_j| per channel; pruned channels get code 0 and their bias is
-multiplied by μ like the others.
+multiplied by μ like the others. A pruned channel then outputs exactly 0, so
+the matching input columns of the layer it feeds are zeroed too (exact).
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ from ..errors import OptionError
 from ..plan import CompressionPlan, LayerPlan
 
 ALPHA_THRESHOLD = 1e-3
+GATE_TEMPERATURE = 4.0  # of the surrogate σ((ln α − ln α_th)/T): the paper gives none; at 0.5 the
+# gates (ln α ≈ 4.6 at the start, 11.5 above the threshold) got a gradient of ~1e-10 and never moved
+ZERO_PRESERVING = ("Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity", "Dropout",
+                   "Flatten")  # a channel of zeros stays a channel of zeros
 
 
 @dataclass(frozen=True)
@@ -44,23 +58,39 @@ class DjpqConfig:
     retrain_epochs: int = 10  # masked retraining with the learned bits and channels frozen
     lr: float = 1e-3  # Adam, for the joint phase and the retraining
     init_bits: int = 8
+    min_bits: int = 3  # below this the budget would be met by bits alone, and accuracy collapses
     pow2: bool = False
     lr_scale_quant: float = 10.0  # the quantizers' and gates' learning rates, as multiples of --lr
     lr_scale_gates: float = 10.0
 
     def __post_init__(self):
-        if not self.rate > 1 or self.epochs < 1 or not 2 <= self.init_bits <= 8:
-            raise OptionError("DJPQ needs rate > 1, epochs >= 1 and 2 <= init bits <= 8")
+        if not self.rate > 1 or self.epochs < 1 or not 2 <= self.min_bits <= self.init_bits <= 8:
+            raise OptionError("DJPQ needs rate > 1, epochs >= 1 and 2 <= min bits <= init bits <= 8")
+
+
+@dataclass(frozen=True)
+class InputLink:
+    """Layer `producer`'s output channel c feeds input columns c·repeat .. (c+1)·repeat − 1
+    of the consumer's weight along `axis` (repeat > 1 after a Flatten)."""
+
+    producer: str
+    axis: int
+    repeat: int
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def _ste(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """`value` forward, the gradient of `surrogate` backward."""
+    return surrogate + (value - surrogate).detach()
+
+
 class LayerQuantizer(nn.Module):
     """The learnable quantizer and channel gates of one weight."""
 
-    def __init__(self, values: np.ndarray, axis: int | None, init_bits: int, pow2: bool):
+    def __init__(self, values: np.ndarray, axis: int | None, init_bits: int, pow2: bool, min_bits: int = 2):
         super().__init__()
         amax = float(np.abs(values).max()) or 1.0
         self.q_m = nn.Parameter(torch.tensor(amax))
@@ -74,26 +104,37 @@ class LayerQuantizer(nn.Module):
         if axis is not None:
             self.shape[axis % values.ndim] = -1
         self.pow2 = pow2
+        self.min_bits = min_bits
         self.z = self.mu.detach()  # the gate of the current forward pass (see sample_gate)
 
     def cap(self) -> torch.Tensor:
         return torch.clamp(self.q_m, min=1e-8) ** self.t
 
-    def _d(self) -> torch.Tensor:
-        return torch.clamp(torch.exp(self.log_d), min=self.cap() / 127, max=self.cap())  # 2 to 8 bits
+    def _d(self) -> torch.Tensor:  # min_bits to 8 bits
+        cap = self.cap()
+        return torch.clamp(torch.exp(self.log_d), min=cap / 127, max=cap / (2 ** (self.min_bits - 1) - 1))
 
     def step(self) -> torch.Tensor:
         d = self._d()
         if self.pow2:  # Alg. 2, forward only
-            bits = 2.0 ** torch.floor(torch.log2(torch.clamp(self.bits().detach(), min=2.0)))
+            floor = 2 ** math.ceil(math.log2(self.min_bits))
+            bits = torch.clamp(2.0 ** torch.floor(torch.log2(self.bits().detach())), min=floor)
             d = d + (self.cap() / (2 ** (bits - 1) - 1) - d).detach()
         return d
 
     def bits(self) -> torch.Tensor:
         return torch.log2(self.cap() / self._d() + 1) + 1
 
+    def stored_bits(self) -> torch.Tensor:
+        """The width the export stores, ⌈log2(2m + 1)⌉ for the largest code m, with eq. 3's gradient."""
+        largest = torch.round(self.cap() / self.step()).detach()
+        return _ste(torch.ceil(torch.log2(2 * largest + 1)), self.bits())
+
     def alpha(self) -> torch.Tensor:
         return self.mu ** 2 / torch.exp(self.log_var)
+
+    def kept(self) -> torch.Tensor:
+        return self.alpha() >= ALPHA_THRESHOLD
 
     def sample_gate(self, training: bool) -> None:
         noise = torch.randn_like(self.mu) * torch.exp(0.5 * self.log_var) if training else 0.0
@@ -106,8 +147,11 @@ class LayerQuantizer(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self.z.reshape(self.shape) * self.codes(w) * self.step()
 
-    def soft_density(self) -> torch.Tensor:
-        return 1 - torch.sigmoid((math.log(ALPHA_THRESHOLD) - torch.log(self.alpha() + 1e-30)) / 0.5).mean()
+    def density(self) -> torch.Tensor:
+        """The fraction of channels kept, with the surrogate's gradient."""
+        log_alpha = torch.log(self.alpha() + 1e-30)
+        soft = torch.sigmoid((log_alpha - math.log(ALPHA_THRESHOLD)) / GATE_TEMPERATURE).mean()
+        return _ste(self.kept().float().mean(), soft)
 
 
 def _bias_names(layer) -> list[str]:
@@ -116,15 +160,67 @@ def _bias_names(layer) -> list[str]:
                    if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2].name})
 
 
+def _input_axis(node, slot: int, ndim: int) -> int | None:
+    """The weight axis of a use's input channels (None: no plain channel layout)."""
+    if node.op == "Conv" and slot == 1 and node.attrs.get("group", 1) == 1:
+        return 1
+    if node.op == "Gemm" and slot == 1:
+        return 1 if node.attrs.get("transB", 0) else 0
+    if node.op == "MatMul" and slot == 1 and ndim == 2:
+        return 0
+    return None
+
+
+def input_links(layers, axes: dict[str, int | None], shapes: dict[str, tuple[int, ...]]) -> dict[str, InputLink]:
+    """Per layer, the gated layer whose output channels are its input channels, where the
+    path between them only has ops that keep a channel of zeros zero (so zeroing the
+    matching input columns of a pruned channel is exact). `axes`: the gated output axes."""
+    by_node = {id(node): l for l in layers if len(l.uses) == 1 for node, _ in l.uses}
+    links = {}
+    for layer in layers:
+        if len(layer.uses) != 1:
+            continue
+        node, slot = layer.uses[0]
+        axis = _input_axis(node, slot, layer.values.ndim)
+        if axis is None:
+            continue
+        tensor, repeat = node.inputs[0], 1
+        while len(tensor.inputs) == 1 and tensor.inputs[0].op in ZERO_PRESERVING:
+            op = tensor.inputs[0]
+            if op.op == "Flatten":
+                shape = shapes.get(op.inputs[0].name)
+                if op.attrs.get("axis", 1) != 1 or shape is None:
+                    break
+                repeat *= int(np.prod(shape[2:]))
+            tensor = op.inputs[0]
+        producer = by_node.get(id(tensor.inputs[0])) if len(tensor.inputs) == 1 else None
+        if producer is None or axes.get(producer.name) is None or tensor.inputs[0].outputs[0] is not tensor:
+            continue
+        channels = producer.values.shape[axes[producer.name]]
+        if channels * repeat == layer.values.shape[axis] and shapes.get(tensor.name, (0, 0))[1] == channels:
+            links[layer.name] = InputLink(producer.name, axis, repeat)
+    return links
+
+
+def zero_inputs(codes: np.ndarray, link: InputLink, kept: np.ndarray) -> np.ndarray:
+    """`codes` with the input columns fed by pruned producer channels set to 0."""
+    view = [1] * codes.ndim
+    view[link.axis] = -1
+    return codes * np.repeat(kept, link.repeat).reshape(view)
+
+
 class DjpqState:
     """The quantizers of every layer, attached to the module, and the DJPQ regulariser."""
 
-    def __init__(self, module, layers, macs: dict[str, int], config: DjpqConfig):
+    def __init__(self, module, layers, macs: dict[str, int], config: DjpqConfig,
+                 shapes: dict[str, tuple[int, ...]] | None = None):
         self.module, self.layers, self.config = module, layers, config
         self.quantizers = {}
         for layer in layers:
             axis = layer.axis if layer.groups == 1 else None
-            self.quantizers[layer.name] = LayerQuantizer(layer.values, axis, config.init_bits, config.pow2)
+            self.quantizers[layer.name] = LayerQuantizer(layer.values, axis, config.init_bits, config.pow2,
+                                                         config.min_bits)
+        self.links = input_links(layers, {n: q.axis for n, q in self.quantizers.items()}, shapes or {})
         module.djpq = nn.ModuleList(self.quantizers.values())  # so the optimiser trains them
         module.lr_scales = {id(p): config.lr_scale_gates if name in ("mu", "log_var") else config.lr_scale_quant
                             for q in self.quantizers.values() for name, p in q.named_parameters()}
@@ -150,26 +246,52 @@ class DjpqState:
         for q in self.quantizers.values():
             q.sample_gate(self.module.training)
 
-    def soft_bops(self) -> torch.Tensor:
-        qs = [self.quantizers[l.name] for l in self.layers]
-        density = torch.stack([q.soft_density() for q in qs])
-        bits = torch.stack([q.bits() for q in qs])
-        return (self.macs * density * bits * 32).sum()
+    def bops(self) -> torch.Tensor:
+        """Eqs. 15-16 at the stored bits and the kept channels (in and out), gradients by surrogates."""
+        density = {name: q.density() for name, q in self.quantizers.items()}
+        one = torch.tensor(1.0)
+        terms = [density[l.name] * density.get(getattr(self.links.get(l.name), "producer", None), one)
+                 * self.quantizers[l.name].stored_bits() for l in self.layers]
+        return (self.macs * torch.stack(terms) * 32).sum()
+
+    def bops_ratio(self) -> float:
+        with torch.no_grad():
+            return 1024 * float(self.macs.sum()) / float(self.bops())
 
     def penalty(self) -> torch.Tensor:
         vib = sum(torch.log1p(q.alpha()).sum() for q in self.quantizers.values())
-        return self.config.gamma * vib + self.config.beta * torch.relu(self.soft_bops() / self.budget - 1)
+        return self.config.gamma * vib + self.config.beta * torch.relu(self.bops() / self.budget - 1)
+
+    def meet_budget(self) -> int:
+        """Prune the least informative channels (lowest α) that feed another layer until the
+        BOPs are within the budget, so the export meets it; returns how many were pruned."""
+        pruned = 0
+        producers = {link.producer for link in self.links.values()}
+        with torch.no_grad():
+            while self.bops() > self.budget:
+                candidates = [(float(q.alpha()[i]), name, i) for name, q in self.quantizers.items()
+                              if name in producers and int(q.kept().sum()) > 1
+                              for i in torch.nonzero(q.kept()).flatten().tolist()]
+                if not candidates:
+                    break
+                _, name, i = min(candidates)
+                self.quantizers[name].mu[i] = 0.0
+                pruned += 1
+        return pruned
 
     def export(self) -> tuple[dict[str, np.ndarray], CompressionPlan]:
         """Stored values (codes x channel steps) of every weight and bias, and the plan giving them."""
         arrays, plans = {}, []
         with torch.no_grad():
+            kept = {name: q.kept().numpy() for name, q in self.quantizers.items()}
             for layer in self.layers:
                 q = self.quantizers[layer.name]
-                pruned = q.alpha() < ALPHA_THRESHOLD
-                q.mu[pruned] = 0.0  # the torch module then matches the export
+                q.mu[~q.kept()] = 0.0  # the torch module then matches the export
                 weight = self.module.parameter(layer.name)
                 codes = (q.codes(weight) * torch.sign(q.mu).reshape(q.shape)).numpy()
+                if layer.name in self.links:
+                    link = self.links[layer.name]
+                    codes = zero_inputs(codes, link, kept[link.producer])
                 steps = (q.step() * q.mu.abs()).numpy().astype(np.float32)
                 steps = np.where(steps > 0, steps, float(q.step()))
                 view = steps.reshape(q.shape) if q.axis is not None else steps.reshape(())
@@ -183,5 +305,6 @@ class DjpqState:
                                        channel_steps=steps if q.axis is not None else None,
                                        channel_axis=q.axis))
             bits = {l.name: float(self.quantizers[l.name].bits()) for l in self.layers}
-            ratio = 1024 * float(self.macs.sum()) / float(self.soft_bops())
-        return arrays, CompressionPlan(tuple(plans), "djpq", {"learned_bits": bits, "soft_bops_ratio": ratio})
+            channels = {name: [int(k.sum()), int(k.size)] for name, k in kept.items()}
+        return arrays, CompressionPlan(tuple(plans), "djpq", {"learned_bits": bits, "kept_channels": channels,
+                                                              "bops_ratio_learned": self.bops_ratio()})

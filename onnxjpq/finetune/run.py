@@ -103,18 +103,19 @@ def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, t
     macs = {l.name: layer_macs(l, shapes) for l in layers}
     if any(v is None for v in macs.values()):
         raise OptionError("DJPQ needs every layer's MACs: shape inference could not find them")
-    state = DjpqState(module, layers, macs, config)
+    state = DjpqState(module, layers, macs, config, shapes)
 
     def end_epoch(epoch: int, entry: dict) -> None:
-        with torch.no_grad():
-            entry["bops_ratio"] = 1024 * float(state.macs.sum()) / float(state.soft_bops())
+        entry["bops_ratio"] = state.bops_ratio()
         log_epoch(epoch, entry)
 
     joint = replace(train_config, epochs=config.epochs, lr=config.lr, optimizer="adam", checkpoint=None, resume=False)
     train(module, data, joint,
           teacher, end_epoch,
           on_step, regularizer=state.penalty)
+    pruned = state.meet_budget()
     arrays, plan = state.export()
+    plan.diagnostics["channels_pruned_to_meet_budget"] = pruned
     state.detach()
     with torch.no_grad():
         for name, values in arrays.items():
