@@ -527,3 +527,21 @@ def test_max_drop_search_on_a_fixed_batch_model_runs_in_its_batch_size(tmp_path)
     np.savez(data, x=np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32))
     _assert_one_error(_invoke("compress", src, "-o", out, "--max-drop", "100", "--data", data),
                       match="7 samples do not split into the model's fixed batch size 2")
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "float"])
+def test_chains_inside_if_branches_on_outer_initializers_are_compressed(fmt):
+    model = _model("""
+agraph (float[2, 16] x, bool c) => (float[2, 8] y) {
+    y = If (c) <then_branch = g1 () => (float[2, 8] a) { t = Transpose <perm = [1, 0]> (W)
+                                                          a = MatMul (x, t) },
+                else_branch = g2 () => (float[2, 8] b) { h = Cast <to = 1> (H)
+                                                          b = MatMul (x, h) }>
+}""", {"W": laplace((8, 16), 0.1, 13), "H": laplace((16, 8), 0.1, 14).astype(np.float16)})
+    layers, _ = find_model_layers(model, ALL)
+    assert sorted((l.name, l.axis) for l in layers) == [("H", 1), ("W", 0)]
+    out, _ = compress_model(model, OpqConfig(bits=8), ALL, OutputConfig(format=fmt))
+    onnx.checker.check_model(out, full_check=True)
+    for branch in (True, False):
+        feeds = {"x": _feeds(model)["x"], "c": np.array(branch)}
+        np.testing.assert_allclose(run(model, feeds)[0], run(out, feeds)[0], atol=0.05)
