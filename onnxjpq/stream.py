@@ -36,6 +36,7 @@ import mmap
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -322,7 +323,6 @@ def _spill(writer: ExternalWriter, constant: gs.Constant, int4: bool = False) ->
     data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
     data = values
     if int4:  # stored packed; typed int8 until `_retype_int4` runs on the export
-        import ml_dtypes
         data = onnx.numpy_helper.from_array(values.astype(ml_dtypes.int4)).raw_data
     constant.values = LazyValues(writer.tensor(constant.name, values.shape, data_type, data))
 
@@ -348,7 +348,9 @@ def _rewrite(graph, layers, sources, plan, output, int4, writer, shapes):
             _spill(writer, layer.constant)
         else:
             container, names = apply_qdq(graph, layer, p, allow_int4=int4)
-            quantized = (layer.home or graph).nodes[0].inputs[0]
+            dq = (layer.home or graph).nodes[0]  # apply_qdq puts its DequantizeLinear first
+            assert dq.op == "DequantizeLinear", dq.op
+            quantized = dq.inputs[0]
             codes = quantized.values
             if container == "int4":
                 zero_points.append(names[1])
