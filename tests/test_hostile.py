@@ -22,12 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
 from onnxjpq import OpqConfig, OutputConfig, Selection, compress_model
+from onnxjpq.cli import main
 from onnxjpq.compress import find_model_layers
+from onnxjpq.layers import find_layers
 from onnxjpq.errors import ModelError
 from onnxjpq.testing import laplace, run
 
@@ -58,7 +61,12 @@ def _assert_close_after(model: onnx.ModelProto, fmt: str = "qdq", granularity: s
 
 
 def _invoke(*args):
-    return CliRunner().invoke(__import__("onnxjpq.cli", fromlist=["main"]).main, [str(a) for a in args])
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _find_layers(model: onnx.ModelProto):
+    """find_layers on a model (no error when nothing is compressible, unlike find_model_layers)."""
+    return find_layers(gs.import_onnx(model), ALL)
 
 
 def _sha(path: Path) -> str:
@@ -183,20 +191,13 @@ agraph (float[2, 16] x) => (float[2, 8] y) {
 }""", "different Transpose/Reshape/Cast"),
 ])
 def test_chained_weights_used_elsewhere_are_skipped_with_the_reason(text, reason):
-    layers, skipped = find_layers_allowing_none(_model(text, {"W": laplace((8, 16), 0.1, 6)}))
+    layers, skipped = _find_layers(_model(text, {"W": laplace((8, 16), 0.1, 6)}))
     assert layers == []
     assert len(skipped) == 1 and reason in skipped[0].reason
 
 
-def find_layers_allowing_none(model):
-    import onnx_graphsurgeon as gs
-
-    from onnxjpq.layers import find_layers
-    return find_layers(gs.import_onnx(model), ALL)
-
-
 def test_cast_to_float16_before_the_slot_is_skipped():
-    layers, skipped = find_layers_allowing_none(_model("""
+    layers, skipped = _find_layers(_model("""
 agraph (float16[2, 16] x) => (float16[2, 8] y) {
     w = Cast <to = 10> (W)
     y = MatMul (x, w)
@@ -451,7 +452,7 @@ def test_inspect_quiet_json_prints_only_json(tmp_path):
 
 
 def test_a_weight_passed_into_a_loop_body_as_an_input_is_skipped_with_the_reason():
-    layers, skipped = find_layers_allowing_none(_model("""
+    layers, skipped = _find_layers(_model("""
 agraph (float[2, 16] x, int64 n) => (float[16, 16] wout, float[3, 2, 16] ys) {
     c = Constant <value = bool {1}> ()
     wout, ys = Loop (n, c, W) <body = body (int64 i, bool cin, float[16, 16] w) => (bool cout, float[16, 16] w2,
@@ -468,7 +469,7 @@ agraph (float[2, 16] x, int64 n) => (float[16, 16] wout, float[3, 2, 16] ys) {
 
 
 def test_a_weight_whose_consumers_disagree_on_the_channel_axis_is_skipped():
-    layers, skipped = find_layers_allowing_none(_model("""
+    layers, skipped = _find_layers(_model("""
 agraph (float[16, 16] x) => (float[16, 16] y) {
     a = MatMul (x, W)
     b = MatMul (W, x)
