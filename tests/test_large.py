@@ -161,6 +161,21 @@ def test_streaming_refuses_external_data_past_the_end_of_its_file(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_cli_compresses_an_external_data_model_by_streaming(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxjpq.cli import main
+
+    _, ext = _pair(tmp_path, _model())
+    result = CliRunner().invoke(main, ["compress", str(ext), "-o", str(tmp_path / "out.onnx"), "--bits", "4",
+                                       "--report", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.onnx.data").is_file()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["totals"]["bytes_out"] == sum(p.stat().st_size for p in tmp_path.glob("out.onnx*"))
+    assert run(str(tmp_path / "out.onnx"), FEEDS)[0].shape == (2, 16)
+
+
 def test_magnitude_mask_matches_the_argsort_definition():
     from onnxjpq.methods.opq import magnitude_mask as reference
 

@@ -102,14 +102,16 @@ def generate(folder: Path, size_gb: float, width: int, seed: int) -> tuple[Path,
 
 def measure(args: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS bytes of one subprocess (wait4: this child only)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = proc.stderr.read().decode(errors="replace")
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args[:4])}... failed ({proc.returncode}):\n{stderr[-2000:]}")
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would block the child
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=log, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+            raise SystemExit(f"{' '.join(args[:4])}... failed ({proc.returncode}):\n{output[-2000:]}")
     return seconds, usage.ru_maxrss * 1024
 
 
