@@ -3,9 +3,10 @@
 A weight is a constant float32 tensor (an initializer, or the value of a
 Constant node, as some exporters write every weight) feeding one of the slots
 of `ops.WEIGHT_SLOTS`, directly or through a chain of Transpose, Reshape (by a
-constant shape) and Cast nodes (`MatMul(x, Transpose(W))`, `Gemm(x, Cast(W16))`).
+constant shape), Unsqueeze/Squeeze (constant axes) and Cast nodes
+(`MatMul(x, Transpose(W))`, `Gemm(x, Cast(W16))`, `LSTM(x, Unsqueeze(W))`).
 Such a weight is compressed where it is stored: its output-channel axis is
-mapped back through the chain (Transpose perm; Reshape when the channel
+mapped back through the chain (Transpose perm; Reshape/Unsqueeze/Squeeze when the channel
 dimension survives it), a float16/float64 source is compressed when a Cast
 makes it float32 before the slot. Every candidate that is not compressed is
 returned with the reason, so the report can say why: weights holding NaN or
@@ -86,7 +87,8 @@ def _weight_constant(tensor) -> tuple[gs.Constant, gs.Node | None] | None:
     return None
 
 
-PASS_THROUGH = ("Transpose", "Reshape", "Cast")  # ops a weight may pass through on its way to a slot
+# ops a weight may pass through on its way to a slot (PyTorch exports LSTM weights as Unsqueeze(W))
+PASS_THROUGH = ("Transpose", "Reshape", "Cast", "Unsqueeze", "Squeeze")
 _MAX_CHAIN = 8
 
 
@@ -247,7 +249,33 @@ def _step(node: gs.Node, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dt
     if node.op == "Transpose":
         perm = _perm(node, len(shape))
         return dtype, None if perm is None else tuple(shape[p] for p in perm)
+    if node.op in ("Unsqueeze", "Squeeze"):
+        return dtype, _squeezed(node, shape)
     return dtype, _reshaped(node, shape)
+
+
+def _squeezed(node: gs.Node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Output shape of an Unsqueeze/Squeeze with constant axes (input since opset 13, else an
+    attribute), None if they are not constant or invalid."""
+    if len(node.inputs) > 1:
+        found = _weight_constant(node.inputs[1])
+        axes = None if found is None else np.asarray(found[0].values).reshape(-1)
+    else:
+        axes = node.attrs.get("axes")
+    if axes is None and node.op == "Squeeze":
+        return tuple(d for d in shape if d != 1)
+    try:
+        axes = [int(a) for a in axes]
+    except (TypeError, ValueError):
+        return None
+    rank = len(shape) + (len(axes) if node.op == "Unsqueeze" else 0)
+    axes = sorted(a % rank if -rank <= a < rank else -1 for a in axes)
+    if -1 in axes or len(set(axes)) != len(axes):
+        return None
+    if node.op == "Squeeze":
+        return None if any(shape[a] != 1 for a in axes) else tuple(d for i, d in enumerate(shape) if i not in axes)
+    dims = iter(shape)
+    return tuple(1 if i in axes else next(dims) for i in range(rank))
 
 
 def _perm(node: gs.Node, rank: int) -> list[int] | None:
@@ -289,7 +317,7 @@ def _source_axis(source: _Source, axis: int | None) -> int | None:
             return None
         if node.op == "Transpose":
             axis = _perm(node, len(before))[axis]
-        elif node.op == "Reshape":
+        else:  # Reshape, Unsqueeze, Squeeze
             axis = _reshape_axis(before, after, axis)
     return axis
 

@@ -32,3 +32,21 @@ def test_recurrent_weights_are_compressed_and_outputs_stay_close(op):
     feeds = {"x": np.random.default_rng(0).standard_normal((STEPS, 1, INPUT)).astype(np.float32)}
     expected, got = run(model, feeds)[0], run(out, feeds)[0]
     assert np.abs(got - expected).max() < 0.05
+
+
+def test_lstm_weight_behind_unsqueeze_is_compressed_where_it_is_stored():
+    """PyTorch writes LSTM weights as Unsqueeze(W[4H, in], axes=[0])."""
+    text = f"""
+    agraph (float[{STEPS}, 1, {INPUT}] x) => (float[{STEPS}, 1, 1, {HIDDEN}] y) {{
+        axes = Constant <value = int64[1] {{0}}> ()
+        w3 = Unsqueeze (W, axes)
+        r3 = Unsqueeze (R, axes)
+        y = LSTM <hidden_size = {HIDDEN}> (x, w3, r3)
+    }}"""
+    model = make_model(text, {"W": laplace((4 * HIDDEN, INPUT), 0.2, seed=1),
+                              "R": laplace((4 * HIDDEN, HIDDEN), 0.2, seed=2)})
+    out, report = compress_model(model, OpqConfig(bits=8))
+    assert sorted(row["name"] for row in report["layers"]) == ["R", "W"]
+    assert {row["shape"][0] for row in report["layers"]} == {4 * HIDDEN}
+    feeds = {"x": np.random.default_rng(0).standard_normal((STEPS, 1, INPUT)).astype(np.float32)}
+    assert np.abs(run(out, feeds)[0] - run(model, feeds)[0]).max() < 0.05
