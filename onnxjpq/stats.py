@@ -20,6 +20,15 @@ class LaplaceFit:
     ks: float  # 0 = perfect fit, 1 = none
 
 
+def laplace_scale(w: np.ndarray) -> float:
+    """The zero-mean Laplace MLE of the scale, mean|w| (in w's precision), what OPQ solves with.
+
+    >>> laplace_scale(np.array([1.0, -3.0]))
+    2.0
+    """
+    return float(np.abs(w).mean()) if w.size else 0.0
+
+
 def laplace_fit(w: np.ndarray) -> LaplaceFit:
     """Fit a zero-mean Laplace law to the weights `w`."""
     a = np.abs(np.asarray(w, dtype=np.float64).ravel())

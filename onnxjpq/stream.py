@@ -11,12 +11,12 @@ value for value (tests/test_large.py); only the memory differs:
   large float tensors show a zero-strided placeholder. A pass maps one
   layer's bytes read-only and releases the pages after it (madvise
   DONTNEED), so the resident set holds about one layer;
-- OPQ is solved from per-layer statistics gathered in two passes over the
-  weights (`solve_opq_streaming`): Laplace scales and channel ranges, then
-  masks, kept maxima and kept counts. The step calibration also counts, in
-  unpruned layers, the weights at or above half a step: `_KeptAbove` stands
-  in for `ChannelStats.kept_abs` and counts them from the file, once per
-  distinct step;
+- OPQ is solved by `opq.solve_sources`, the in-memory solver's own code, on
+  `_Source`s that read one layer per call: `scan` finds channel ranges and
+  Laplace scales, then the solver's pass gives masks, kept maxima and kept
+  counts. The step calibration also counts, in layers whose small kept weights
+  may round to 0, the weights at or above half a step, read from the file once
+  per distinct step;
 - each rewritten layer's codes go straight to the output's `.data` file
   (`io.ExternalWriter`) and the graph keeps a reference to them; tensors the
   rewrite leaves alone are copied across in chunks.
@@ -31,7 +31,6 @@ without graph optimizations (see `_check`).
 from __future__ import annotations
 
 import contextlib
-import json
 import mmap
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -50,18 +49,16 @@ from .errors import ModelError, OptionError
 from .io import ExternalWriter, external_span
 from .layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
 from .macs import layer_macs, tensor_shapes
-from .methods.opq import (ChannelStats, OpqConfig, _mean_bins, calibrate_steps, int4_caps,
-                          largest_remainder_counts, opq_steps, packed_bits, solve_prune_threshold)
+from .methods.opq import KeptChannels, OpqConfig, kept_channels, magnitude_mask, solve_sources
 from .plan import CompressionPlan, LayerPlan
-from .quant import CONTAINER_MAX, to_channels
+from .quant import to_channels
 from .report import layer_row, report_dict
 from .rewrite import layer_codes
 from .rewrite.dense import apply_float
 from .rewrite.qdq import apply_qdq, pack_int4
-from .stats import laplace_fit, laplace_prune_fraction
+from .stats import laplace_fit, laplace_scale
 
-__all__ = ["MappedValues", "compress_streaming", "magnitude_mask", "map_external", "plan_streaming", "scan",
-           "solve_opq_streaming"]
+__all__ = ["MappedValues", "compress_streaming", "map_external", "plan_streaming", "scan"]
 
 
 _PLACEHOLDER_BYTES = 1 << 20  # larger float tensors are read only when a pass needs them
@@ -119,22 +116,12 @@ def map_external(graph: gs.Graph, base: Path) -> dict[int, tuple[gs.Constant, Ma
     return mapped
 
 
-def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
-    """`opq.magnitude_mask` (prune the `n_pruned` smallest |w|, ties by flat index)
-    with a partition instead of a full argsort."""
-    if n_pruned <= 0:
-        return np.ones(w.shape, bool)
-    flat = np.abs(w).ravel()
-    kth = np.partition(flat, n_pruned - 1)[n_pruned - 1]
-    mask = flat > kth
-    ties = np.flatnonzero(flat == kth)
-    mask[ties[n_pruned - int((flat < kth).sum()):]] = True
-    return mask.reshape(w.shape)
-
-
 class _Source:
-    """One layer as the solver sees it: values read on demand, divided by the channel
-    ranges when the layer gets per-channel steps (`onnxjpq.channels.normalize`)."""
+    """One layer as the solver sees it (an `opq.LayerSource`): values read on demand,
+    divided by the channel ranges when the layer gets per-channel steps
+    (`onnxjpq.channels.normalize`); every read releases its pages. `scan` sets
+    `ranges` and `scale`; `kept` records the prune count, and each channel's kept
+    count and kept max |w| in real units (for the layer's largest code)."""
 
     def __init__(self, layer: WeightLayer, mapped: MappedValues | None):
         self.layer, self.mapped = layer, mapped if mapped is not None and mapped.placeholder else None
@@ -142,6 +129,8 @@ class _Source:
         self.size = layer.values.size
         self.ranges: np.ndarray | None = None
         self.scale, self.pruned = 0.0, 0
+        self.kept_max = self.kept_count = np.zeros(0)
+        self._at_least: dict[float, np.ndarray] = {}
 
     def raw(self) -> np.ndarray:
         """The stored values as float32 (what `find_layers` gives in memory)."""
@@ -161,32 +150,29 @@ class _Source:
         if self.mapped is not None:
             self.mapped.release()
 
+    def laplace_scale(self) -> float:
+        return self.scale  # measured by `scan`, in the pass that finds the ranges
 
-class _Counted:
-    def __init__(self, counts: np.ndarray):
-        self.counts = counts
+    def kept(self, n_pruned: int, threshold: float) -> KeptChannels:
+        self.pruned = n_pruned
+        w = self.values()
+        mask = magnitude_mask(w, n_pruned)
+        kept = kept_channels(w, mask, self.axis, self.groups, threshold)
+        self.kept_count, self.kept_max = kept.count, kept.alpha
+        if self.ranges is not None:  # per-channel layers have groups 1
+            self.kept_max = np.where(to_channels(mask, self.axis), to_channels(np.abs(self.raw()), self.axis),
+                                     0).max(axis=1)
+        self.release()
+        return replace(kept, mask=None, at_least=self._count_at_least)
 
-    def sum(self, axis: int) -> np.ndarray:
-        return self.counts
-
-
-class _KeptAbove:
-    """Stands in for `ChannelStats.kept_abs[i]`: `kept >= t` gives, through `.sum(axis=1)`,
-    each channel's count of kept |w| >= t, read from the file once per distinct t."""
-
-    def __init__(self, source: _Source):
-        self.source, self.cache = source, {}
-
-    def __ge__(self, threshold) -> _Counted:
-        t = float(threshold)
-        if t not in self.cache:
-            s = self.source
-            w = s.values()
-            kept = np.where(to_channels(magnitude_mask(w, s.pruned), s.axis, s.groups),
-                            to_channels(np.abs(w), s.axis, s.groups), 0)
-            self.cache[t] = (kept >= t).sum(axis=1)
-            s.release()
-        return _Counted(self.cache[t])
+    def _count_at_least(self, t: np.float64) -> np.ndarray:
+        """`KeptChannels.at_least` read from the file, once per distinct t."""
+        if float(t) not in self._at_least:
+            w = self.values()
+            kept = kept_channels(w, magnitude_mask(w, self.pruned), self.axis, self.groups)
+            self._at_least[float(t)] = kept.at_least(t)
+            self.release()
+        return self._at_least[float(t)]
 
 
 def scan(sources: list[_Source], granularity: str) -> dict[str, str]:
@@ -201,83 +187,10 @@ def scan(sources: list[_Source], granularity: str) -> dict[str, str]:
         else:
             s.ranges = channel_ranges(w, s.axis, s.groups, granularity)
             w = s.values()
-            s.scale = float(np.abs(w).mean()) if w.size else 0.0
+            s.scale = laplace_scale(w)
         del w
         s.release()
     return bad
-
-
-def _channel_stats(sources: list[_Source], solved: np.ndarray, threshold: float):
-    """Pass 2: per channel the kept max and count; per layer the largest kept |w| in real
-    units (for its largest code) and the count of solved |w| <= threshold."""
-    alphas, counts, owners, raw_max, below = [], [], [], [], 0
-    for i, s in enumerate(sources):
-        w = s.values()
-        mask = to_channels(magnitude_mask(w, s.pruned), s.axis, s.groups)
-        kept = np.where(mask, to_channels(np.abs(w), s.axis, s.groups), 0)
-        alphas.append(kept.max(axis=1).astype(float))
-        counts.append(mask.sum(axis=1).astype(np.int64))
-        owners.append(np.full(kept.shape[0], i))
-        raw = kept if s.ranges is None else np.where(mask, to_channels(np.abs(s.raw()), s.axis, 1), 0)
-        raw_max.append(raw.max(axis=1))
-        if solved[i]:
-            below += int((np.abs(w) <= threshold).sum())
-        s.release()
-    stats = ChannelStats(np.concatenate(alphas), np.concatenate(counts), np.concatenate(owners),
-                         tuple(_KeptAbove(s) for s in sources))
-    return stats, list(zip(raw_max, counts)), below
-
-
-def solve_opq_streaming(sources: list[_Source], config: OpqConfig, fixed: frozenset[str]
-                        ) -> tuple[CompressionPlan, list[tuple[np.ndarray, np.ndarray]]]:
-    """`solve_opq` on layers read from disk, after `scan`, step for step (keep the two in
-    step: tests/test_large.py compares them); the plan's masks are None (rebuilt
-    per layer from `_Source.pruned`). Also returns each layer's per-channel kept max |w| (in real
-    units) and kept count."""
-    scales = np.array([s.scale for s in sources])
-    sizes = np.array([s.size for s in sources], np.int64)
-    solved = np.array([s.name not in fixed and sc > 0 for s, sc in zip(sources, scales)])
-    # all-zero layers store no non-zero weight: they count as pruned already
-    n_pruned = max(0, int(round(config.prune * sizes.sum())) - int(sizes[scales == 0].sum()))
-    if n_pruned > sizes[solved].sum():
-        raise OptionError(f"cannot prune {config.prune:.0%} of the weights: "
-                          f"only {sizes[solved].sum()} of {sizes.sum()} may be pruned "
-                          "(layers kept at 8 bits are not)")
-    target = n_pruned / sizes[solved].sum() if solved.any() else 0.0
-    threshold = solve_prune_threshold(sizes[solved], scales[solved], target) if solved.any() else 0.0
-    predicted = np.array([laplace_prune_fraction(threshold, s) if ok else 0.0
-                          for s, ok in zip(scales, solved)])
-    counts = np.zeros(len(sources), np.int64)
-    counts[solved] = largest_remainder_counts(predicted[solved], sizes[solved], n_pruned)
-    for s, k in zip(sources, counts):
-        s.pruned = int(k)
-    survivors = config.keep_survivors & (counts > 0)
-
-    stats, raw_max, below = _channel_stats(sources, solved, threshold)
-    n = len(sources)
-    areas = np.bincount(stats.layer, weights=stats.count * stats.alpha, minlength=n)
-    layer_max = np.array([stats.alpha[stats.layer == i].max(initial=0.0) for i in range(n)])
-    caps = layer_max / CONTAINER_MAX["int8"]
-    if config.fit_int4:
-        caps = int4_caps(stats, layer_max, sizes, solved, config.bits, survivors)
-    n_kept = int(stats.count[solved[stats.layer]].sum())
-    base = np.where(solved, 0.0, caps)
-    if solved.any():
-        base[solved] = opq_steps(areas[solved], n_kept, config.bits, caps[solved])
-    steps, factor = calibrate_steps(stats, base, caps, layer_max, solved & (areas > 0), config.bits, survivors)
-    n_solved = int(sizes[solved].sum())
-    diagnostics = {
-        "laplace_threshold": threshold,
-        "laplace_threshold_prune_ratio": below / n_solved if n_solved and target else 0.0,
-        "target_prune_ratio_solved_layers": target,
-        "step_scale_factor": factor,
-        "bits_target_met": (config.bits >= 7.5
-                            or abs(packed_bits(stats, steps, survivors) - config.bits) <= 0.05),
-        "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
-    }
-    plans = tuple(LayerPlan(s.name, None, float(st), bool(sv), s.name in fixed, float(pr))
-                  for s, st, pr, sv in zip(sources, steps, predicted, survivors))
-    return CompressionPlan(plans, "opq", diagnostics), raw_max
 
 
 def _max_code(plan: LayerPlan, kept_max: np.ndarray, counts: np.ndarray) -> int:
@@ -375,9 +288,9 @@ def plan_streaming(model: onnx.ModelProto, base: Path, config: OpqConfig, select
         earlier = sources
         _, layers, _, sources = _find(model, base, selection, bad)
         _carry(sources, earlier)
-    plan, kept_max = solve_opq_streaming(sources, config, kept_names(layers, selection))
+    plan = solve_sources(sources, config, kept_names(layers, selection))  # masks None: see `_rewrite`
     plan = rescale(plan, layers, {s.name: s.ranges for s in sources if s.ranges is not None})
-    return plan, [_max_code(p, *channels) for p, channels in zip(plan.layers, kept_max)], bad, sources
+    return plan, [_max_code(p, s.kept_max, s.kept_count) for p, s in zip(plan.layers, sources)], bad, sources
 
 
 def compress_streaming(model: onnx.ModelProto, src, dst, config: OpqConfig, selection: Selection,

@@ -24,7 +24,7 @@ weights, mean ⌈log2(2m_ij+1)⌉, equals B (OPQ's ratios between layers kept).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from scipy import optimize
@@ -33,7 +33,7 @@ from ..errors import OptionError
 from ..plan import CompressionPlan, LayerPlan, WeightArray
 from ..quant import CONTAINER_MAX, code_width, to_channels
 from ..channels import check_granularity
-from ..stats import laplace_prune_fraction
+from ..stats import laplace_prune_fraction, laplace_scale
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,21 @@ def largest_remainder_counts(fractions: np.ndarray, sizes: np.ndarray, total: in
 
 
 def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
-    """Mask that prunes the `n_pruned` smallest |w|, ties broken by flat index."""
+    """Mask that prunes the `n_pruned` smallest |w|, ties broken by flat index.
+
+    What a stable argsort of |w| gives, found with a partition (no int64 per weight).
+
+    >>> magnitude_mask(np.array([0.3, -0.1, 0.1, 0.2]), 2).tolist()
+    [True, False, False, True]
+    """
     flat = np.abs(w).ravel()
-    mask = np.ones(flat.size, bool)
-    mask[np.argsort(flat, kind="stable")[:n_pruned]] = False
+    n_pruned = min(n_pruned, flat.size)
+    if n_pruned <= 0:
+        return np.ones(w.shape, bool)
+    kth = np.partition(flat, n_pruned - 1)[n_pruned - 1]
+    mask = flat > kth
+    ties = np.flatnonzero(flat == kth)
+    mask[ties[n_pruned - int((flat < kth).sum()):]] = True
     return mask.reshape(w.shape)
 
 
@@ -155,25 +166,50 @@ def opq_steps(areas: np.ndarray, n_kept: int, bits: float, caps: np.ndarray) -> 
 
 
 @dataclass(frozen=True)
+class KeptChannels:
+    """One layer's statistics under its mask, from one read of its weights.
+
+    alpha: per channel, the kept maximum |w| (α_ij); count: per channel, the kept
+    weights (N̄_ij); below: the weights with |w| <= the Laplace threshold;
+    at_least: t ↦ per channel, the kept weights with |w| >= t (float64 compare);
+    mask: the mask itself, or None where the caller rebuilds it (onnxjpq.stream).
+    """
+
+    alpha: np.ndarray
+    count: np.ndarray
+    below: int
+    at_least: Callable[[np.float64], np.ndarray]
+    mask: np.ndarray | None = None
+
+
+def kept_channels(w: np.ndarray, mask: np.ndarray, axis: int | None, groups: int = 1,
+                  threshold: float = 0.0) -> KeptChannels:
+    """`KeptChannels` of the weights `w` under `mask` (the closure keeps the kept |w|)."""
+    a = to_channels(np.abs(w), axis, groups)
+    m = to_channels(mask, axis, groups)
+    kept = np.where(m, a, 0)
+    return KeptChannels(kept.max(axis=1).astype(float), m.sum(axis=1).astype(np.int64),
+                        int((a <= threshold).sum()), lambda t: (kept >= t).sum(axis=1), mask)
+
+
+@dataclass(frozen=True)
 class ChannelStats:
     """Per-channel kept maxima α_ij and kept counts N̄_ij of every layer, flattened."""
 
     alpha: np.ndarray
     count: np.ndarray
     layer: np.ndarray  # owning layer index of each channel
-    kept_abs: tuple[np.ndarray, ...] = ()  # per layer, [channels, weights]: |w| kept, 0 pruned
+    at_least: tuple[Callable[[np.float64], np.ndarray], ...] = ()  # per layer, `KeptChannels.at_least`
+
+    @classmethod
+    def of(cls, layers: Sequence[KeptChannels]) -> ChannelStats:
+        return cls(np.concatenate([k.alpha for k in layers]), np.concatenate([k.count for k in layers]),
+                   np.concatenate([np.full(k.alpha.size, i) for i, k in enumerate(layers)]),
+                   tuple(k.at_least for k in layers))
 
 
 def channel_stats(layers: Sequence[WeightArray], masks: Sequence[np.ndarray]) -> ChannelStats:
-    alphas, counts, owners, kept = [], [], [], []
-    for i, (layer, mask) in enumerate(zip(layers, masks)):
-        w = to_channels(np.abs(layer.values), layer.axis, layer.groups)
-        m = to_channels(mask, layer.axis, layer.groups)
-        kept.append(np.where(m, w, 0))
-        alphas.append(kept[-1].max(axis=1).astype(float))
-        counts.append(m.sum(axis=1).astype(np.int64))
-        owners.append(np.full(w.shape[0], i))
-    return ChannelStats(np.concatenate(alphas), np.concatenate(counts), np.concatenate(owners), tuple(kept))
+    return ChannelStats.of([kept_channels(l.values, m, l.axis, l.groups) for l, m in zip(layers, masks)])
 
 
 def _nonzero_counts(stats: ChannelStats, steps: np.ndarray, survivors: np.ndarray) -> np.ndarray:
@@ -181,7 +217,7 @@ def _nonzero_counts(stats: ChannelStats, steps: np.ndarray, survivors: np.ndarra
     counts = stats.count.copy()
     for i in np.flatnonzero(~survivors):
         rows = stats.layer == i
-        counts[rows] = (stats.kept_abs[i] >= steps[i] / 2).sum(axis=1) if steps[i] > 0 else 0
+        counts[rows] = stats.at_least[i](steps[i] / 2) if steps[i] > 0 else 0
     return counts
 
 
@@ -195,7 +231,7 @@ def packed_bits(stats: ChannelStats, steps: np.ndarray, survivors: np.ndarray | 
     safe = np.where(step > 0, step, 1.0)
     m = np.where(step > 0, np.floor(stats.alpha / safe + 0.5), 0)
     m = np.where(survivors[stats.layer] & (stats.count > 0), np.maximum(m, 1), m)
-    counts = _nonzero_counts(stats, steps, survivors) if stats.kept_abs else stats.count
+    counts = _nonzero_counts(stats, steps, survivors) if stats.at_least else stats.count
     kept = counts.sum()
     return float((counts * code_width(m)).sum() / kept) if kept else 0.0
 
@@ -249,12 +285,60 @@ def int4_caps(stats: ChannelStats, layer_max: np.ndarray, sizes: np.ndarray, sol
 # ------------------------------------------------------------------ solve
 
 
+class LayerSource(Protocol):
+    """A layer as `solve_sources` reads it: each method is one read of its weights (the
+    solver-space values, float32). `ArraySource` holds them in memory; onnxjpq.stream
+    reads them from the model's external data, one layer at a time."""
+
+    name: str
+    size: int
+
+    def laplace_scale(self) -> float:
+        """`stats.laplace_scale` of the values."""
+
+    def values(self) -> np.ndarray:
+        """The values (exact prune mode only: it ranks every layer's weights at once)."""
+
+    def kept(self, n_pruned: int, threshold: float) -> KeptChannels:
+        """`kept_channels` under `magnitude_mask(values, n_pruned)`."""
+
+
+class ArraySource:
+    """A `LayerSource` over a `WeightArray` in memory."""
+
+    def __init__(self, layer: WeightArray):
+        self.layer, self.name, self.size = layer, layer.name, layer.values.size
+
+    def laplace_scale(self) -> float:
+        return laplace_scale(self.layer.values)
+
+    def values(self) -> np.ndarray:
+        return self.layer.values
+
+    def kept(self, n_pruned: int, threshold: float) -> KeptChannels:
+        w = self.layer.values
+        return kept_channels(w, magnitude_mask(w, n_pruned), self.layer.axis, self.layer.groups, threshold)
+
+
 def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
               fixed: frozenset[str] = frozenset()) -> CompressionPlan:
     """Masks and shared steps for `layers`; layers named in `fixed` stay dense at 8 bits."""
-    scales = np.array([float(np.abs(l.values).mean()) if l.values.size else 0.0 for l in layers])
-    sizes = np.array([l.values.size for l in layers], np.int64)
-    solved = np.array([l.name not in fixed and s > 0 for l, s in zip(layers, scales)])
+    return solve_sources([ArraySource(l) for l in layers], config, fixed)
+
+
+@dataclass(frozen=True)
+class _Pruning:
+    solved: np.ndarray  # per layer: pruned and quantized by the solve (not fixed, not all zero)
+    counts: np.ndarray  # per layer: weights to prune
+    predicted: np.ndarray  # per layer: the Laplace model's prune ratio
+    threshold: float
+    target: float  # prune ratio of the solved layers
+
+
+def _solve_pruning(sources: Sequence[LayerSource], sizes: np.ndarray, config: OpqConfig,
+                   fixed: frozenset[str]) -> _Pruning:
+    scales = np.array([s.laplace_scale() for s in sources])
+    solved = np.array([s.name not in fixed and sc > 0 for s, sc in zip(sources, scales)])
     # all-zero layers store no non-zero weight: they count as pruned already
     n_pruned = max(0, int(round(config.prune * sizes.sum())) - int(sizes[scales == 0].sum()))
     if n_pruned > sizes[solved].sum():
@@ -266,18 +350,29 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
     threshold = solve_prune_threshold(sizes[solved], scales[solved], target) if solved.any() else 0.0
     predicted = np.array([laplace_prune_fraction(threshold, s) if ok else 0.0
                           for s, ok in zip(scales, solved)])
-    counts = np.zeros(len(layers), np.int64)
+    counts = np.zeros(len(sources), np.int64)
     if config.prune_mode == "laplace":
         counts[solved] = largest_remainder_counts(predicted[solved], sizes[solved], n_pruned)
     elif solved.any():
-        counts[solved] = global_magnitude_counts([l.values for l, ok in zip(layers, solved) if ok],
+        counts[solved] = global_magnitude_counts([s.values() for s, ok in zip(sources, solved) if ok],
                                                  n_pruned)
-    masks = [magnitude_mask(l.values, int(k)) for l, k in zip(layers, counts)]
-    survivors = config.keep_survivors & (counts > 0)  # unpruned layers round small weights to 0
+    return _Pruning(solved, counts, predicted, threshold, target)
 
-    stats = channel_stats(layers, masks)
-    areas = np.bincount(stats.layer, weights=stats.count * stats.alpha, minlength=len(layers))
-    layer_max = np.array([stats.alpha[stats.layer == i].max(initial=0.0) for i in range(len(layers))])
+
+def solve_sources(sources: Sequence[LayerSource], config: OpqConfig,
+                  fixed: frozenset[str] = frozenset()) -> CompressionPlan:
+    """`solve_opq` on layers read through `LayerSource`s: one read for the Laplace scales,
+    one for the masks and channel statistics, and (in layers whose small kept weights may
+    round to 0) one per distinct step the calibration tries."""
+    sizes = np.array([s.size for s in sources], np.int64)
+    pruning = _solve_pruning(sources, sizes, config, fixed)
+    solved = pruning.solved
+    survivors = config.keep_survivors & (pruning.counts > 0)  # unpruned layers round small weights to 0
+
+    kept = [s.kept(int(k), pruning.threshold) for s, k in zip(sources, pruning.counts)]
+    stats = ChannelStats.of(kept)
+    areas = np.bincount(stats.layer, weights=stats.count * stats.alpha, minlength=len(sources))
+    layer_max = np.array([stats.alpha[stats.layer == i].max(initial=0.0) for i in range(len(sources))])
     caps = layer_max / CONTAINER_MAX["int8"]
     if config.fit_int4:
         caps = int4_caps(stats, layer_max, sizes, solved, config.bits, survivors)
@@ -287,18 +382,19 @@ def solve_opq(layers: Sequence[WeightArray], config: OpqConfig,
         base[solved] = opq_steps(areas[solved], n_kept, config.bits, caps[solved])
     steps, factor = calibrate_steps(stats, base, caps, layer_max, solved & (areas > 0), config.bits, survivors)
 
-    all_w = np.concatenate([np.abs(l.values).ravel() for l, ok in zip(layers, solved) if ok] or [[]])
+    n_solved = int(sizes[solved].sum())
+    below = sum(k.below for k, ok in zip(kept, solved) if ok)
     diagnostics = {
-        "laplace_threshold": threshold,
-        "laplace_threshold_prune_ratio": float((all_w <= threshold).mean()) if all_w.size and target else 0.0,
-        "target_prune_ratio_solved_layers": target,
+        "laplace_threshold": pruning.threshold,
+        "laplace_threshold_prune_ratio": below / n_solved if n_solved and pruning.target else 0.0,
+        "target_prune_ratio_solved_layers": pruning.target,
         "step_scale_factor": factor,
         "bits_target_met": (config.bits >= 7.5  # 8 packed bits needs every channel's code >= 64
                             or abs(packed_bits(stats, steps, survivors) - config.bits) <= 0.05),
         "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
     }
-    plans = tuple(LayerPlan(l.name, m, float(st), bool(sv), l.name in fixed, float(pr))
-                  for l, m, st, pr, sv in zip(layers, masks, steps, predicted, survivors))
+    plans = tuple(LayerPlan(s.name, k.mask, float(st), bool(sv), s.name in fixed, float(pr))
+                  for s, k, st, pr, sv in zip(sources, kept, steps, pruning.predicted, survivors))
     return CompressionPlan(plans, "opq", diagnostics)
 
 
