@@ -26,7 +26,7 @@ import onnx
 from onnx import helper
 
 from .errors import OptionError
-from .validate import Dataset, session
+from .validate import Dataset, fixed_batch, run_samples, session
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
 
@@ -49,10 +49,13 @@ class ActivationConfig:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a Dataset, in small batches."""
+    """onnxruntime's CalibrationDataReader protocol over a Dataset, in small batches
+    (whole batches of the model's fixed batch size when it has one)."""
 
-    def __init__(self, data: Dataset, samples: int, batch: int = 8):
-        n = min(samples, len(data))
+    def __init__(self, data: Dataset, samples: int, fixed: int | None = None):
+        n, batch = min(samples, len(data)), fixed or 8
+        if fixed:
+            n = max(n - n % fixed, fixed)
         self._feeds = [{k: v[i:i + batch] for k, v in data.inputs.items()} for i in range(0, n, batch)]
         self._next = iter(self._feeds)
 
@@ -83,35 +86,38 @@ def _calibrate_method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
-def _override(step) -> list[dict]:
-    """onnxruntime's TensorQuantOverrides entry giving a weight onnxjpq's step(s)."""
+def _override(step, unsigned: bool = False) -> list[dict]:
+    """onnxruntime's TensorQuantOverrides entry giving a weight onnxjpq's step(s): int8 codes
+    with zero point 0, or (`unsigned`) the same codes + 128 as uint8 with zero point 128."""
+    zero = np.uint8(128) if unsigned else np.int8(0)
     if isinstance(step, tuple):
         axis, steps = step
-        entries = [{"scale": np.float32(s), "zero_point": np.int8(0)} for s in steps]
+        entries = [{"scale": np.float32(s), "zero_point": zero} for s in steps]
         entries[0]["axis"] = axis
         return entries
-    return [{"scale": np.float32(step), "zero_point": np.int8(0)}]
+    return [{"scale": np.float32(step), "zero_point": zero}]
 
 
-def _quantize(src: Path, dst: Path, cache: Path, data: Dataset, config: ActivationConfig,
-              steps: dict[str, float], exclude: list[str]) -> onnx.ModelProto:
-    overrides = {name: _override(step) for name, step in steps.items()}
+def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: ActivationConfig,
+              steps: dict[str, float], exclude: list[str], unsigned: bool = False) -> onnx.ModelProto:
+    overrides = {name: _override(step, unsigned) for name, step in steps.items()}
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs advice on every call
     try:
-        _quantize_static(src, dst, cache, data, config, overrides, exclude)
+        _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned)
     finally:
         root.setLevel(level)
     return onnx.load(str(dst))
 
 
-def _quantize_static(src, dst, cache, data, config, overrides, exclude) -> None:
+def _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned) -> None:
     from onnxruntime.quantization import QuantType, quantize_static
 
     per_channel = any("axis" in entries[0] for entries in overrides.values())
-    quantize_static(str(src), str(dst), _Reader(data, config.samples), per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    reader.rewind()
+    quantize_static(str(src), str(dst), reader, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
                     nodes_to_exclude=exclude, calibrate_method=_calibrate_method(config.calibrate),
                     calibration_cache_path=str(cache),
                     extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True,
@@ -127,7 +133,9 @@ def _preprocess(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quant_pre_process(model, str(path), skip_symbolic_shape=True)
+        scratch = onnx.ModelProto()  # quant_pre_process may move a model's tensors to external data in place
+        scratch.CopyFrom(model)
+        quant_pre_process(scratch, str(path), skip_symbolic_shape=True)
     except Exception:  # pre-processing is an optimisation: quantize the model as it is
         onnx.save_model(model, str(path))
     finally:
@@ -179,8 +187,7 @@ def rank_by_harm(model: onnx.ModelProto, qparams: dict[str, tuple[float, int]], 
     outputs = {o.name for o in probe.graph.output}
     names = [n for n in qparams if n not in outputs]
     probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    feed = {k: v[:samples] for k, v in data.inputs.items()}
-    values = dict(zip([o.name for o in probe.graph.output], session(probe).run(None, feed)))
+    values = dict(zip([o.name for o in probe.graph.output], run_samples(session(probe), data.inputs, samples)))
     ranked = []
     for name, (scale, zero) in qparams.items():
         x = values[name].astype(np.float64)
@@ -202,25 +209,35 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
 
     Returns the model and what was done: activations quantized, kept float, SNRs.
     """
-    feed = {k: v[:config.samples] for k, v in data.inputs.items()}
-    reference = session(model).run(None, feed)
+    sess = session(model)
+    reference = run_samples(sess, data.inputs, config.samples)
+    fixed = fixed_batch(sess)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
         src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
         model = _preprocess(model, src)
 
-        def attempt(kept: list[str]) -> tuple[onnx.ModelProto, float]:
-            qmodel = _quantize(src, dst, cache, data, config, steps, [*exclude, *_neighbours(model, kept)])
-            snr = output_snr_db(reference, session(qmodel).run(None, feed))
+        def attempt(kept: list[str], unsigned: bool) -> tuple[onnx.ModelProto, float]:
+            qmodel = _quantize(src, dst, cache, _Reader(data, config.samples, fixed), config, steps,
+                               [*exclude, *_neighbours(model, kept)], unsigned)
+            snr = output_snr_db(reference, run_samples(session(qmodel), data.inputs, config.samples))
             if progress:
                 progress(len(kept), snr)
             return qmodel, snr
 
-        qmodel, snr = attempt([])
+        qmodel, snr = attempt([], False)
+        unsigned = False
+        if snr < config.min_snr_db:
+            # x86 CPUs without VNNI multiply uint8 x int8 with 16-bit saturation; uint8 x uint8 is exact
+            alternative = attempt([], True)
+            if alternative[1] > snr:
+                (qmodel, snr), unsigned = alternative, True
         ranked = rank_by_harm(model, _quantized_tensors(qmodel), data)
         kept: list[str] = []
         if snr < config.min_snr_db:
-            qmodel, snr, kept = _bisect_float(attempt, [name for name, _ in ranked], config.min_snr_db)
-    info = {"calibrate": config.calibrate, "quantized": len(ranked) - len(kept), "kept_float": kept,
+            qmodel, snr, kept = _bisect_float(lambda names: attempt(names, unsigned),
+                                              [name for name, _ in ranked], config.min_snr_db)
+    info = {"calibrate": config.calibrate, "weights": "uint8" if unsigned else "int8",
+            "quantized": len(ranked) - len(kept), "kept_float": kept,
             "output_snr_db": snr, "target_snr_db": config.min_snr_db,
             "worst_sqnr_db": dict(ranked[:5])}
     return qmodel, info
@@ -268,7 +285,7 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     del qmodel.metadata_props[:]
     qmodel.metadata_props.extend(compressed.metadata_props)
     for row in report["layers"]:
-        row["container"] = "int8"
+        row["container"] = info["weights"]
         if row["bops"] is not None:
             row["bops"] *= 8 / 32  # uint8 activations
     total = report["totals"]

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .validate import Dataset, session
+from .validate import Dataset, run_samples, session
 
 NOISE = 1e-2
 
@@ -49,8 +49,7 @@ def layer_sensitivity(model: onnx.ModelProto, weights: dict[str, np.ndarray], da
     """
     probe, opened = _overridable(model, set(weights))
     sess = session(probe)
-    feed = {k: v[:samples] for k, v in data.inputs.items()}
-    reference = [o.astype(np.float64) for o in sess.run(None, feed)]
+    reference = [o.astype(np.float64) for o in run_samples(sess, data.inputs, samples)]
     energy = sum(float((r**2).sum()) for r in reference) or 1.0
     result = {}
     names = [n for n in weights if n in opened]
@@ -58,7 +57,7 @@ def layer_sensitivity(model: onnx.ModelProto, weights: dict[str, np.ndarray], da
         w = weights[name]
         rng = np.random.default_rng(i)
         noise = rng.standard_normal(w.shape) * np.sqrt(NOISE * float(np.mean(w.astype(np.float64) ** 2)))
-        out = sess.run(None, {**feed, name: (w + noise).astype(w.dtype)})
+        out = run_samples(sess, data.inputs, samples, {name: (w + noise).astype(w.dtype)})
         err = sum(float(((o - r) ** 2).sum()) for o, r in zip(out, reference))
         result[name] = err / energy / NOISE
     fallback = float(np.median(list(result.values()))) if result else 1.0
@@ -67,8 +66,7 @@ def layer_sensitivity(model: onnx.ModelProto, weights: dict[str, np.ndarray], da
 
 def relative_output_error(sess_ref, sess_cand, data: Dataset, samples: int = 256) -> float:
     """‖y_cand − y_ref‖² / ‖y_ref‖² over all outputs, on the first `samples` inputs."""
-    feed = {k: v[:samples] for k, v in data.inputs.items()}
-    ref = sess_ref.run(None, feed)
-    cand = sess_cand.run(None, feed)
+    ref = run_samples(sess_ref, data.inputs, samples)
+    cand = run_samples(sess_cand, data.inputs, samples)
     err = sum(float(((c.astype(np.float64) - r) ** 2).sum()) for c, r in zip(cand, ref))
     return err / (sum(float((r.astype(np.float64) ** 2).sum()) for r in ref) or 1.0)

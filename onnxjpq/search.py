@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .compress import OutputConfig, compress_model
-from .errors import OptionError
+from .errors import OptionError, ValidationError
 from .layers import Selection
 from .methods.annc import AnncConfig
 from .validate import Dataset, accuracy, predict, session
@@ -73,7 +73,7 @@ def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
 
     lo, hi = search.start_rate, None
     if not evaluate(lo):
-        raise OptionError(f"even rate {lo:g}x loses more than {search.max_drop:g} points "
+        raise ValidationError(f"even rate {lo:g}x loses more than {search.max_drop:g} points "
                           f"({evaluations[-1].get('drop', float('nan')):.2f}); use --prune/--bits")
     while hi is None and lo < search.max_rate:
         nxt = min(lo * 2, search.max_rate)

@@ -216,6 +216,22 @@ def fixed_batch(sess: ort.InferenceSession) -> int | None:
     return fixed.pop() if fixed else None
 
 
+def run_samples(sess: ort.InferenceSession, inputs: dict[str, np.ndarray], samples: int,
+                extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """All outputs for the first `samples` inputs (fewer when the model fixes its batch size:
+    whole batches only), outputs of several batches concatenated on axis 0. `extra` feeds
+    unbatched inputs (a weight being probed)."""
+    n = min(samples, len(next(iter(inputs.values()))))
+    fixed = fixed_batch(sess)
+    if not fixed:
+        return sess.run(None, {**{k: v[:n] for k, v in inputs.items()}, **(extra or {})})
+    if n < fixed:
+        raise DataError(f"the model takes batches of {fixed} samples; the data has {n}")
+    runs = [sess.run(None, {**{k: v[i:i + fixed] for k, v in inputs.items()}, **(extra or {})})
+            for i in range(0, n - n % fixed, fixed)]
+    return [np.concatenate([np.atleast_1d(r[j]) for r in runs]) for j in range(len(runs[0]))]
+
+
 def open_batches(spec: str | os.PathLike, sess: ort.InferenceSession, batch: int = 64,
                  labels_key: str = "labels") -> Batches:
     """Batches of at most `batch` samples from an .npz file or a `module:function` entry point."""

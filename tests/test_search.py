@@ -71,3 +71,24 @@ def test_a_model_onnxruntime_rejects_is_a_one_line_error(tmp_path):
     assert result.exit_code == 2
     assert "onnxruntime cannot load it" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_an_unreachable_max_drop_exits_1_with_one_line(tmp_path):
+    """Two output classes separated by tiny weight differences: any compression flips them."""
+    import onnx
+
+    from onnxjpq.testing import make_model
+
+    rng = np.random.default_rng(0)
+    column = rng.laplace(0, 0.1, (64, 1))
+    weights = np.hstack([column, column + 1e-5 * rng.standard_normal((64, 1))]).astype(np.float32)
+    model = make_model("agraph (float[N, 64] x) => (float[N, 2] y) { y = MatMul (x, W) }", {"W": weights})
+    src, out, data = tmp_path / "tie.onnx", tmp_path / "out.onnx", tmp_path / "d.npz"
+    onnx.save_model(model, str(src))
+    np.savez(data, x=rng.standard_normal((200, 64)).astype(np.float32))
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "--max-drop", "0.5",
+                                       "--data", str(data), "-q"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: even rate"), result.output
+    assert not out.exists()
