@@ -98,7 +98,7 @@ EXIT_CODES = """\b
 Exit status:
   0  success
   1  a compressed model failed the validation asked for
-     (eval --max-drop)
+     (compress --max-drop, eval --max-drop)
   2  bad input or usage: unreadable or unsupported model, bad
      option or data file, output that cannot be written
 Errors are one line on stderr ("error: ..."). Logs, tables and

@@ -15,13 +15,13 @@ from . import __version__
 from .activations import ActivationConfig
 from .channels import normalize, rescale
 from .errors import ModelError, OptionError
-from .io import (check_output_path, file_bytes, load_external, load_model_lazy, save_model,
+from .io import (check_output_path, file_bytes, load_external, load_model_lazy, remove_model, save_model,
                  uses_external_data, write_text_atomic)
 from .layers import Selection, WeightLayer, find_layers, kept_names
 from .macs import layer_macs, tensor_shapes
 from .methods.annc import AnncConfig, solve_annc
 from .methods.opq import OpqConfig, solve_opq
-from .opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, default_opset, upgrade
+from .opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, check_supported, default_opset, upgrade
 from .plan import CompressionPlan
 from .quant import CONTAINER_MAX
 from .report import layer_row, report_dict, totals
@@ -289,6 +289,7 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
     if report_path is not None:
         check_output_path(src, report_path)
     model = load_model_lazy(src)
+    check_supported(model, str(src), old_opset_ok=True)
     if streamable(model, config, output, calib):
         from .stream import compress_streaming
         report, bytes_out = compress_streaming(model, src, dst, config, selection, output, progress)
@@ -299,5 +300,9 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
     bytes_in = file_bytes(src)
     report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
     if report_path is not None:
-        write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
+        try:
+            write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
+        except BaseException:  # no model without its report: a failed run leaves nothing behind
+            remove_model(dst)
+            raise
     return report

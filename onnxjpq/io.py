@@ -192,8 +192,12 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise OptionError(f"output {dst} is the input file; choose another path")
     if dst.is_dir():
         raise OptionError(f"output {dst} is a folder; give a file name")
+    if dst.exists() and not dst.is_file():
+        raise OptionError(f"output {dst} exists and is not a regular file (a device or pipe); choose a file path")
     if not dst.parent.resolve().is_dir():
         raise OptionError(f"output folder {dst.parent} does not exist")
+    if not os.access(dst.parent.resolve(), os.W_OK):
+        raise OptionError(f"output folder {dst.parent} is not writable")
     return dst
 
 
@@ -207,6 +211,18 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
         return _save_external(model, path)
     _write_atomic(path, model.SerializeToString(deterministic=True))
     return path.stat().st_size
+
+
+def remove_model(path: str | os.PathLike) -> None:
+    """Delete a model written by `save_model`, its `<name>.data` file included."""
+    path = Path(path)
+    try:
+        external = uses_external_data(onnx.load_model(str(path), load_external_data=False))
+    except (OSError, DecodeError, ValueError):
+        external = False
+    path.unlink(missing_ok=True)
+    if external:
+        (path.parent / (path.name + ".data")).unlink(missing_ok=True)
 
 
 def _save_external(model: onnx.ModelProto, path: Path) -> int:

@@ -53,8 +53,10 @@ def layer_macs(layer: WeightLayer, shapes: dict[str, tuple[int, ...]]) -> int | 
     for node, _ in layer.uses:
         if node.op == "Gather":  # a table lookup multiplies nothing
             continue
+        if not node.outputs:  # a broken graph: MACs unknown
+            return None
         if node.op in RECURRENT_OPS:  # every step multiplies the whole W (or R): Y is [seq, dirs, batch, hidden]
-            shape = shapes.get(node.outputs[0].name) if node.outputs and node.outputs[0].name else None
+            shape = shapes.get(node.outputs[0].name)
             if shape is None:
                 return None
             total += int(np.prod(shape)) // (shape[1] * shape[3]) * layer.values.size

@@ -37,10 +37,11 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:
     return converted
 
 
-def check_supported(model: onnx.ModelProto, name: str = "the model") -> None:
+def check_supported(model: onnx.ModelProto, name: str = "the model", old_opset_ok: bool = False) -> None:
     """Refuse, with a one-line ModelError, a model onnx or onnxruntime cannot read or run:
     an IR version or ai.onnx opset newer than this onnx knows, an opset older than
-    onnxruntime runs, or a node in an operator domain neither knows."""
+    onnxruntime runs (unless `old_opset_ok`: the QDQ rewrite upgrades it), or a node in an
+    operator domain neither knows."""
     if model.ir_version > onnx.IR_VERSION:
         raise ModelError(f"{name}: IR version {model.ir_version} is newer than this onnx reads ({onnx.IR_VERSION})")
     if model.ir_version < MIN_IR:
@@ -50,7 +51,7 @@ def check_supported(model: onnx.ModelProto, name: str = "the model") -> None:
         if entry.domain in ("", "ai.onnx") and entry.version > newest:
             raise ModelError(f"{name}: ai.onnx opset {entry.version} is newer than onnx and onnxruntime "
                              f"support ({newest})")
-        if entry.domain in ("", "ai.onnx") and entry.version < ORT_MIN_OPSET:
+        if entry.domain in ("", "ai.onnx") and entry.version < ORT_MIN_OPSET and not old_opset_ok:
             raise ModelError(f"{name}: ai.onnx opset {entry.version} is older than onnxruntime runs "
                              f"({ORT_MIN_OPSET} and newer); convert it with onnx.version_converter")
     known = KNOWN_DOMAINS | {f.domain for f in model.functions}

@@ -404,6 +404,24 @@ def test_a_full_disk_while_writing_is_one_error_line_and_leaves_nothing(tmp_path
     assert _sha(src) == before
 
 
+def test_a_report_that_cannot_be_written_leaves_no_model_behind(tmp_path, monkeypatch):
+    import onnxjpq.compress as compress
+
+    src, out = _save(tmp_path, _mlp()), tmp_path / "out.onnx"
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(compress, "write_text_atomic", full)
+    _assert_one_error(_invoke("compress", src, "-o", out, "--report", tmp_path / "r.json", "-q"),
+                      match="No space left on device")
+    assert _leftovers(tmp_path, {"in.onnx"}) == []
+
+
+def test_an_output_that_is_a_device_is_refused_before_any_work(tmp_path):
+    src = _save(tmp_path, _mlp())
+    _assert_one_error(_invoke("compress", src, "-o", "/dev/null", "-q"), match="not a regular file")
+
+
 # ------------------------------------------------------------ exit codes and pipelines
 
 
