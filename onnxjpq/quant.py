@@ -27,11 +27,24 @@ def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float | np.ndarray,
     With `keep_survivors`, a kept weight that would round to 0 gets ±1 instead,
     so the prune ratio asked for is the ratio stored. `max_code` clips the
     codes (a clipped range trades the largest weights' error for finer steps).
+    A large C-ordered `w` is done in blocks (float64 temporaries of one block).
 
     >>> quantize_codes(np.array([0.1, -0.26, 0.9]), np.array([True, True, False]), 0.2).tolist()
     [1, -1, 0]
     """
     step = np.asarray(step, dtype=np.float64)
+    if not blockable(w, mask):
+        return _codes(w, mask, step, keep_survivors, max_code)
+    codes = np.empty(w.shape, np.int32)
+    flat_w, flat_mask, flat_codes = w.reshape(-1), mask.reshape(-1), codes.reshape(-1)
+    for lo, hi in blocks(w.size):
+        flat_codes[lo:hi] = _codes(flat_w[lo:hi], flat_mask[lo:hi], flat_range(step, w.shape, lo, hi),
+                                   keep_survivors, max_code)
+    return codes
+
+
+def _codes(w: np.ndarray, mask: np.ndarray, step: np.ndarray, keep_survivors: bool,
+           max_code: int | None) -> np.ndarray:
     positive = step > 0
     q = np.floor(np.abs(w) / np.where(positive, step, 1.0) + 0.5)
     if keep_survivors:
@@ -39,6 +52,36 @@ def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float | np.ndarray,
     if max_code is not None:
         q = np.minimum(q, max_code)
     return (np.sign(w) * q * mask * positive).astype(np.int32)
+
+
+BLOCK = 1 << 16  # elements per block where a large layer is done in blocks
+
+
+def blocks(n: int, size: int = BLOCK):
+    """(lo, hi) ranges of `size` covering range(n)."""
+    for lo in range(0, n, size):
+        yield lo, min(lo + size, n)
+
+
+def blockable(*arrays) -> bool:
+    """Same-shaped C-ordered arrays past one block: elementwise work on their flat views
+    in blocks gives what it gives on the whole arrays, in the same layout."""
+    first = arrays[0]
+    return (all(isinstance(a, np.ndarray) and a.shape == first.shape and a.flags.c_contiguous for a in arrays)
+            and first.size > BLOCK)
+
+
+def flat_range(a: np.ndarray, shape: tuple[int, ...], lo: int, hi: int) -> np.ndarray:
+    """Elements lo..hi (C order) of `a` broadcast to `shape`, without the broadcast copy.
+
+    >>> flat_range(np.array([[1], [2]]), (2, 3), 2, 5).tolist()
+    [1, 2, 2]
+    """
+    if a.shape == tuple(shape) and a.flags.c_contiguous:
+        return a.reshape(-1)[lo:hi]
+    if a.size == 1:
+        return a.reshape(1)
+    return np.broadcast_to(a, shape)[np.unravel_index(np.arange(lo, hi), shape)]
 
 
 def dequantize(codes: np.ndarray, step: float | np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .quant import code_width, dequantize, to_channels
+from .quant import blockable, blocks, code_width, dequantize, flat_range, to_channels
+from .stats import pairwise_sum
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,17 @@ def index_bits(nonzero_mask: np.ndarray, value_width: float) -> int:
     n, kept = flat.size, int(flat.sum())
     if kept == n or kept == 0:
         return 0
-    positions = np.flatnonzero(flat)
-    runs = np.diff(positions, prepend=-1) - 1
+    fillers, last = [0] * 9, -1  # fillers[r]: Σ runs >> r, a block of positions at a time
+    for lo, hi in blocks(n):
+        positions = np.flatnonzero(flat[lo:hi]) + lo
+        if positions.size:
+            runs = np.diff(positions, prepend=last) - 1
+            last = int(positions[-1])
+            for r in range(1, 9):
+                fillers[r] += int((runs >> r).sum())
     best = n
     for r in range(1, 9):
-        fillers = int((runs >> r).sum())
-        best = min(best, int(np.ceil((kept + fillers) * r + fillers * value_width)))
+        best = min(best, int(np.ceil((kept + fillers[r]) * r + fillers[r] * value_width)))
     return best
 
 
@@ -74,8 +80,8 @@ def storage_bits(codes: np.ndarray, axis: int | None, groups: int = 1,
     are the zeros' share of that dense storage.
     """
     nz = codes != 0
-    chan_codes = to_channels(np.abs(codes), axis, groups)
-    widths = code_width(chan_codes.max(axis=1))
+    chan_codes = to_channels(codes, axis, groups)
+    widths = code_width(np.maximum(chan_codes.max(axis=1), -chan_codes.min(axis=1)))  # max |code|
     value_bits = int((to_channels(nz, axis, groups).sum(axis=1) * widths).sum())
     dense_bits = int(chan_codes.shape[1] * widths.sum())
     nonzero = int(nz.sum())
@@ -92,17 +98,29 @@ def layer_row(layer, plan, codes: np.ndarray, container: str, fit, macs: int | N
                                                     plan.channel_steps is not None)
     nonzero = int(nz.sum())
     bits = value_bits / nonzero if nonzero else 0.0
-    err = dequantize(codes, plan.steps_for(codes.shape)) - layer.values
     return LayerRow(
         name=layer.name, op=layer.op, shape=list(layer.values.shape), params=int(codes.size),
         nonzero=nonzero, prune_ratio=1 - nonzero / codes.size,
         predicted_prune_ratio=plan.predicted_prune_ratio, bits=bits, container=container,
         step=plan.step, laplace_scale=fit.scale, laplace_ks=fit.ks,
-        mse=float(np.mean(err.astype(np.float64) ** 2)), value_bits=value_bits,
+        mse=_mse(codes, plan.steps_for(codes.shape), layer.values), value_bits=value_bits,
         index_bits=idx_bits, param_bits=param_bits,
         entropy_index_bits=entropy_bits(codes.size, nonzero), macs=macs,
         per_channel_steps=plan.channel_steps is not None,
         bops=None if macs is None else macs * nonzero / codes.size * bits * activation_bits)
+
+
+def _mse(codes: np.ndarray, steps: float | np.ndarray, values: np.ndarray) -> float:
+    """Mean squared error of the dequantized codes, in float64 temporaries of one block."""
+    if not blockable(codes, values):
+        return float(np.mean((dequantize(codes, steps) - values).astype(np.float64) ** 2))
+    flat_codes, flat_values, steps = codes.reshape(-1), values.reshape(-1), np.asarray(steps)
+
+    def squares(lo: int, hi: int) -> np.ndarray:
+        err = dequantize(flat_codes[lo:hi], flat_range(steps, codes.shape, lo, hi)) - flat_values[lo:hi]
+        return err.astype(np.float64) ** 2
+
+    return float(pairwise_sum(codes.size, squares) / codes.size)
 
 
 def totals(rows: list[LayerRow], float_params: int, bytes_in: int, bytes_out: int,

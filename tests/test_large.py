@@ -195,3 +195,48 @@ def test_bench_large_runs_at_a_small_size(tmp_path):
     row = next(line for line in lines if line.startswith("onnxjpq compress")).split("|")
     assert float(row[3]) > 0 and row[5].strip() in ("yes", "NO")
     assert list(tmp_path.iterdir()) == []  # the generated model is deleted
+
+
+# ------------------------------------------------ large layers in blocks, bit for bit
+
+
+def _whole_codes(w, mask, step, keep_survivors, max_code):
+    """quantize_codes on the whole array (what the blocks must give)."""
+    step = np.asarray(step, np.float64)
+    q = np.floor(np.abs(w) / np.where(step > 0, step, 1.0) + 0.5)
+    q = np.maximum(q, 1.0) if keep_survivors else q
+    q = np.minimum(q, max_code) if max_code is not None else q
+    return (np.sign(w) * q * mask * (step > 0)).astype(np.int32)
+
+
+@pytest.mark.parametrize("shape, axis", [((300, 400), 0), ((300, 400), 1), ((40, 30, 9, 9), 0),
+                                         ((20, 48, 11, 13), 1), ((70_001,), None)])
+def test_blocked_codes_error_and_fit_equal_the_whole_array_ones(shape, axis):
+    from onnxjpq.plan import LayerPlan
+    from onnxjpq.quant import dequantize, quantize_codes
+    from onnxjpq.report import index_bits, layer_row
+    from onnxjpq.stats import laplace_fit
+
+    rng = np.random.default_rng(len(shape) + (axis or 0))
+    w = rng.laplace(0, 0.05, shape).astype(np.float32)
+    mask = rng.random(shape) > 0.6
+    channel_steps = None
+    if axis is not None:
+        channel_steps = rng.uniform(0.001, 0.02, shape[axis]).astype(np.float32)
+        channel_steps[0] = 0
+    plan = LayerPlan("w", mask, 0.01, True, channel_steps=channel_steps, channel_axis=axis)
+    step = plan.steps_for(shape)
+    for keep, max_code in ((True, None), (False, 7)):
+        codes = quantize_codes(w, mask, step, keep, max_code)
+        assert codes.flags.c_contiguous
+        np.testing.assert_array_equal(codes, _whole_codes(w, mask, step, keep, max_code))
+
+    layer = type("L", (), {"name": "w", "op": "MatMul", "values": w, "axis": axis, "groups": 1})
+    row = layer_row(layer, plan, codes.astype(np.int8), "int8", laplace_fit(w))
+    assert row.mse == float(np.mean((dequantize(codes, step) - w).astype(np.float64) ** 2))
+    a = np.abs(w.astype(np.float64).ravel())
+    assert row.laplace_scale == float(a.mean())
+    nz = (codes != 0).ravel()
+    runs = np.diff(np.flatnonzero(nz), prepend=-1) - 1
+    assert index_bits(nz, 3.5) == min([nz.size] + [int(np.ceil((nz.sum() + (runs >> r).sum()) * r
+                                                               + (runs >> r).sum() * 3.5)) for r in range(1, 9)])

@@ -189,7 +189,7 @@ def kept_channels(w: np.ndarray, mask: np.ndarray, axis: int | None, groups: int
     m = to_channels(mask, axis, groups)
     kept = np.where(m, a, 0)
     return KeptChannels(kept.max(axis=1).astype(float), m.sum(axis=1).astype(np.int64),
-                        int((a <= threshold).sum()), lambda t: (kept >= t).sum(axis=1), mask)
+                        int((a <= threshold).sum()), lambda t: (kept >= np.float64(t)).sum(axis=1), mask)
 
 
 @dataclass(frozen=True)
