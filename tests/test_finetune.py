@@ -96,6 +96,50 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_o
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
+def _kill_at(cmd: list[str], ckpt: Path, phase: str) -> None:
+    """Start `cmd` and SIGKILL it once its checkpoint is of `phase`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["phase"] == phase:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["admm", "djpq"])
+def test_a_run_killed_in_each_phase_resumes_and_matches_an_uninterrupted_one(tmp_path, method):
+    with np.load(MODELS / "lenet5_train.npz") as f:
+        np.savez(tmp_path / "small.npz", **{k: f[k][:256] for k in f.files})
+
+    def cli(dst: str, *extra: str) -> list[str]:
+        rate = ["--rate", "20"] if method == "djpq" else ["--rate", "32", "--retrain-epochs", "4"]
+        return [sys.executable, "-m", "onnxjpq", "finetune", str(MODELS / "lenet5.onnx"), "-o", str(tmp_path / dst),
+                "--data", str(tmp_path / "small.npz"), "--method", method, "--epochs", "3", *rate, *extra]
+
+    straight = subprocess.run(cli("a.onnx"), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    ckpt = tmp_path / "b.onnx.ckpt"
+    _kill_at(cli("b.onnx"), ckpt, method)  # in ADMM or the joint DJPQ training
+    _kill_at(cli("b.onnx", "--resume"), ckpt, "masked")  # in the retraining
+    assert not (tmp_path / "b.onnx").exists()
+    resumed = subprocess.run(cli("b.onnx", "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_resuming_another_methods_checkpoint_is_a_clear_error(tmp_path):
+    from onnxjpq.finetune.train import _save_checkpoint
+
+    _save_checkpoint(str(tmp_path / "c.onnx.ckpt"), {"method": "masked", "phase": "masked"})
+    result = subprocess.run([*_finetune_cli(tmp_path, "c.onnx")[:-4], "--method", "admm", "--rate", "20",
+                             "--resume"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "is a checkpoint of a masked run, not admm" in result.stderr
+
+
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     result = subprocess.run(_finetune_cli(tmp_path, "c.onnx", "--resume"), capture_output=True, text=True)
     assert result.returncode == 2

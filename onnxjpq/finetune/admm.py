@@ -103,6 +103,13 @@ class AdmmState:
                 self.U[n] = self.U[n] + torch.from_numpy(w[n]) - self.V[n]
             self.rho *= self.config.rho_growth
 
+    def state_dict(self) -> dict:
+        """V, U and ρ, for the checkpoint (the module holds W)."""
+        return {"V": dict(self.V), "U": dict(self.U), "rho": self.rho}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.V, self.U, self.rho = dict(state["V"]), dict(state["U"]), float(state["rho"])
+
     def penalty(self) -> torch.Tensor:
         return sum(0.5 * self.rho * ((self.module.parameter(n) - self.V[n] + self.U[n]) ** 2).sum()
                    for n in self.V)

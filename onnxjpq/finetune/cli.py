@@ -31,8 +31,6 @@ def run_finetune(src, dst, data_path, val_path, method, config, selection, train
     train_config = TrainConfig(**train_options)
     if train_config.resume and not Path(train_config.checkpoint).is_file():
         raise OptionError(f"--resume: no checkpoint at {train_config.checkpoint}")
-    if train_config.resume and method != "masked":
-        raise OptionError(f"--resume continues masked runs; {method} state is not checkpointed yet")
     epochs = train_config.epochs + (config.retrain_epochs if method != "masked" else 0)
     steps = epochs * -(-len(data) // train_config.batch)
     with Progress(console=console, transient=True) as progress:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
-
-from dataclasses import asdict, replace
 
 from ..compress import _SELECTED_OUT, OutputConfig, apply_plan, find_model_layers, plan_model
 from ..errors import OptionError
@@ -18,7 +19,7 @@ from ..macs import layer_macs, tensor_shapes
 from .admm import AdmmConfig, AdmmState, project
 from .djpq import DjpqConfig, DjpqState
 from .masked import masked_quantizer
-from .train import TrainConfig, train
+from .train import TrainConfig, distributed, load_checkpoint, train
 
 METHODS = ("masked", "admm", "djpq")
 _CONFIGS = {"admm": AdmmConfig, "djpq": DjpqConfig}
@@ -56,7 +57,8 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
               else TorchModel(torch_module, model, [l.name for l in layers]))
     teacher = None if data.labels is not None else _all_outputs(model, data)
     check = val if val is not None else data
-    history: list[dict] = []
+    first, second = _resume_points(train_config, method)
+    history: list[dict] = [*(first or {}).get("history", []), *(second or {}).get("history", [])]
 
     def log_epoch(epoch: int, entry: dict) -> None:
         if check.labels is not None:
@@ -69,23 +71,28 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     labelled = check.labels is not None
     fp32 = accuracy(_evaluate(module, check), check.labels) if labelled else None
     learned = None
+    rank = distributed()[0]
     if method == "djpq":
         phase = "djpq"
-        plan, learned = _djpq_phase(model, module, layers, config, data, train_config, teacher, log_epoch, on_step)
-        masked_config = replace(train_config, epochs=config.retrain_epochs, lr=config.lr, optimizer="adam",
-                                resume=False)
+        plan, learned = _djpq_phase(model, module, layers, config, data, train_config, teacher, log_epoch, on_step,
+                                    first)
+        retrain = dict(epochs=config.retrain_epochs, lr=config.lr, optimizer="adam")
     elif method == "admm":
         phase = "admm"
         plan = _admm_phase(module, layers, skipped, selection, config, data, train_config, teacher, log_epoch,
-                           on_step)
-        masked_config = replace(train_config, epochs=config.retrain_epochs, resume=False)
+                           on_step, first)
+        retrain = dict(epochs=config.retrain_epochs)
     else:
-        plan, masked_config = plan_model(model, config, selection, output), train_config
+        plan, retrain = plan_model(model, config, selection, output), {}
+    previous = None  # the first phase's last checkpoint: a retraining checkpoint carries it to rebuild its start
+    if method != "masked" and train_config.checkpoint and rank == 0:
+        previous = first if second is not None else load_checkpoint(train_config.checkpoint)
     phase = "masked"
     _set_masks(module, layers, plan)
     before = accuracy(_evaluate(module, check), check.labels) if labelled else None
-    if masked_config.epochs:
-        train(module, data, masked_config, teacher, log_epoch, on_step)
+    if retrain.get("epochs", 1):
+        train(module, data, replace(train_config, **retrain), teacher, log_epoch, on_step, resume_from=second,
+              tag={"method": method, "phase": phase, "previous": previous})
     out, report = apply_plan(with_weights(model, _final_arrays(module)), plan, selection, output,
                              {"method": method, "notes": []})
     report["finetune"] = {"method": method, "config": asdict(config) if method != "masked" else None,
@@ -96,7 +103,21 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     return out, report
 
 
-def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, teacher, log_epoch, on_step):
+def _resume_points(train_config: TrainConfig, method: str) -> tuple[dict | None, dict | None]:
+    """The checkpoints `--resume` continues the first phase (admm, djpq) and the masked retraining from."""
+    if not (train_config.resume and train_config.checkpoint and Path(train_config.checkpoint).is_file()):
+        return None, None
+    state = load_checkpoint(train_config.checkpoint)
+    if state.get("method") != method:
+        raise OptionError(f"--resume: {train_config.checkpoint} is a checkpoint of a {state.get('method')} run, "
+                          f"not {method}")
+    if state["phase"] != "masked":
+        return state, None
+    return state["previous"], state
+
+
+def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, teacher, log_epoch, on_step,
+                resume_from: dict | None = None):
     """Train quantizers, gates and weights together; leave the module holding the learned weights
     (codes x steps) with the DJPQ machinery removed, and return the plan giving them."""
     shapes = tensor_shapes(model)
@@ -109,10 +130,9 @@ def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, t
         entry["bops_ratio"] = state.bops_ratio()
         log_epoch(epoch, entry)
 
-    joint = replace(train_config, epochs=config.epochs, lr=config.lr, optimizer="adam", checkpoint=None, resume=False)
-    train(module, data, joint,
-          teacher, end_epoch,
-          on_step, regularizer=state.penalty)
+    joint = replace(train_config, epochs=config.epochs, lr=config.lr, optimizer="adam")
+    train(module, data, joint, teacher, end_epoch, on_step, regularizer=state.penalty, resume_from=resume_from,
+          tag={"method": "djpq", "phase": "djpq"})
     pruned = state.meet_budget()
     arrays, plan = state.export()
     plan.diagnostics["channels_pruned_to_meet_budget"] = pruned
@@ -139,7 +159,7 @@ def _final_arrays(module: OnnxModule) -> dict[str, np.ndarray]:
 
 
 def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, train_config, teacher, log_epoch,
-                on_step):
+                on_step, resume_from: dict | None = None):
     """ADMM epochs, then the final projection's plan (for the masked retraining)."""
     fixed = kept_names(layers, selection, budget=True)
     float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
@@ -151,8 +171,8 @@ def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, tr
         entry.update(rho=state.rho, target_rate=config.rate_at(epoch + 1))
         log_epoch(epoch, entry)
 
-    admm_train = replace(train_config, epochs=config.epochs, checkpoint=None, resume=False)
-    train(module, data, admm_train, teacher, end_epoch, on_step, regularizer=state.penalty)
+    train(module, data, replace(train_config, epochs=config.epochs), teacher, end_epoch, on_step,
+          regularizer=state.penalty, resume_from=resume_from, extra=state, tag={"method": "admm", "phase": "admm"})
     _, plan = project(layers, state.weights(), config.rate, fixed, 32.0 * float_params, total)
     return plan
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -30,7 +29,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     seed: int = 0
     checkpoint: str | None = None  # saved after every epoch; --resume continues from it
-    resume: bool = False
+    resume: bool = False  # `finetune` reads the checkpoint and hands `train` what to continue from
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch < 1 or not self.lr > 0:
@@ -66,6 +65,11 @@ def _save_checkpoint(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint `train` wrote: plain tensors, dicts, lists, strings and numbers only."""
+    return torch.load(path, weights_only=True)
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size): under torchrun the gloo process group is joined on first use."""
     import torch.distributed as dist
@@ -78,12 +82,19 @@ def distributed() -> tuple[int, int]:
 
 def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: list[np.ndarray] | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, on_step: Callable[[], None] | None = None,
-          regularizer: Callable[[], torch.Tensor] | None = None) -> list[dict]:
+          regularizer: Callable[[], torch.Tensor] | None = None, resume_from: dict | None = None,
+          extra=None, tag: dict | None = None) -> list[dict]:
     """Train `module` on `data`; returns one log entry per epoch (loss, and what on_epoch adds).
 
     `regularizer()` is added to every batch's loss (ADMM's proximal term). Under
     torchrun each process takes its share of every batch and DistributedDataParallel
     averages the gradients, so N processes follow the same path as one.
+
+    After every epoch `config.checkpoint` gets the module, optimiser, schedule,
+    random state and history, `extra.state_dict()` (a method's own state, e.g.
+    ADMM's V, U and ρ) and the entries of `tag` (saved as they are).
+    `resume_from`, such a checkpoint, is continued from its next epoch, so the
+    run ends as an uninterrupted one would.
     """
     torch.manual_seed(config.seed)
     rank, world = distributed()
@@ -96,12 +107,14 @@ def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / (config.epochs * steps_per_epoch))))
     history, start = [], 0
-    if config.resume and config.checkpoint and Path(config.checkpoint).is_file():
-        state = torch.load(config.checkpoint, weights_only=False)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        history, start = state["history"], state["epoch"] + 1
+    if resume_from is not None:
+        module.load_state_dict(resume_from["module"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        schedule.load_state_dict(resume_from["schedule"])
+        if extra is not None:
+            extra.load_state_dict(resume_from["extra"])
+        torch.set_rng_state(resume_from["rng"])  # DJPQ's gate noise
+        history, start = list(resume_from["history"]), resume_from["epoch"] + 1
     names = list(data.inputs)
     for epoch in range(start, config.epochs):
         order = np.random.default_rng(config.seed + epoch).permutation(len(data))
@@ -127,7 +140,8 @@ def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: 
             on_epoch(epoch, entry)
         history.append(entry)
         if config.checkpoint and rank == 0:
-            _save_checkpoint(config.checkpoint, {"epoch": epoch, "module": module.state_dict(),
-                                                 "optimizer": optimizer.state_dict(),
-                                                 "schedule": schedule.state_dict(), "history": history})
+            _save_checkpoint(config.checkpoint, {
+                **(tag or {}), "epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "history": history, "rng": torch.get_rng_state(),
+                "extra": extra.state_dict() if extra is not None else None})
     return history
