@@ -35,12 +35,7 @@ def quantize_codes(w: np.ndarray, mask: np.ndarray, step: float | np.ndarray,
     step = np.asarray(step, dtype=np.float64)
     if not blockable(w, mask):
         return _codes(w, mask, step, keep_survivors, max_code)
-    codes = np.empty(w.shape, np.int32)
-    flat_w, flat_mask, flat_codes = w.reshape(-1), mask.reshape(-1), codes.reshape(-1)
-    for lo, hi in blocks(w.size):
-        flat_codes[lo:hi] = _codes(flat_w[lo:hi], flat_mask[lo:hi], flat_range(step, w.shape, lo, hi),
-                                   keep_survivors, max_code)
-    return codes
+    return blockwise(lambda *parts: _codes(*parts, keep_survivors, max_code), np.int32, w, mask, step)
 
 
 def _codes(w: np.ndarray, mask: np.ndarray, step: np.ndarray, keep_survivors: bool,
@@ -69,6 +64,16 @@ def blockable(*arrays) -> bool:
     first = arrays[0]
     return (all(isinstance(a, np.ndarray) and a.shape == first.shape and a.flags.c_contiguous for a in arrays)
             and first.size > BLOCK)
+
+
+def blockwise(fn, dtype, w: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    """`fn(w, *others)` for an elementwise `fn` and a C-ordered `w`, one block of weights at
+    a time, into a new C-ordered array of `dtype` (`others` broadcast to w's shape)."""
+    out = np.empty(w.shape, dtype)
+    flat_w, flat_out = w.reshape(-1), out.reshape(-1)
+    for lo, hi in blocks(w.size):
+        flat_out[lo:hi] = fn(flat_w[lo:hi], *(flat_range(o, w.shape, lo, hi) for o in others))
+    return out
 
 
 def flat_range(a: np.ndarray, shape: tuple[int, ...], lo: int, hi: int) -> np.ndarray:

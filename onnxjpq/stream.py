@@ -21,9 +21,10 @@ value for value (tests/test_large.py); only the memory differs:
   (`io.ExternalWriter`) and the graph keeps a reference to them; tensors the
   rewrite leaves alone are copied across in chunks.
 
-Peak memory is the imports (about 150 MB, 300 MB through the CLI) plus the
-temporaries of the largest layer (about 32 bytes per weight: its values, mask,
-float64 rounding, codes, error and Laplace fit), whatever the model's size;
+Peak memory is the imports (about 130 MB) plus the temporaries of the largest
+layer, whatever the model's size: about 14 bytes per weight (its mapped values,
+mask, int32 codes, and `apply_qdq`'s |codes| and stored codes); the float64
+rounding, error and Laplace fit run in blocks of `quant.BLOCK` weights.
 tools/bench_large.py measures it. The onnxruntime check of the output runs
 without graph optimizations (see `_check`).
 """
@@ -51,7 +52,7 @@ from .layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, ke
 from .macs import layer_macs, tensor_shapes
 from .methods.opq import KeptChannels, OpqConfig, kept_channels, magnitude_mask, solve_sources
 from .plan import CompressionPlan, LayerPlan
-from .quant import to_channels
+from .quant import blockable, blockwise, to_channels
 from .report import layer_row, report_dict
 from .rewrite import layer_codes
 from .rewrite.dense import apply_float
@@ -116,6 +117,11 @@ def map_external(graph: gs.Graph, base: Path) -> dict[int, tuple[gs.Constant, Ma
     return mapped
 
 
+def _divide(w: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """`channels.normalize`'s division (float64, then float32), elementwise."""
+    return (w / ranges).astype(np.float32)
+
+
 class _Source:
     """One layer as the solver sees it (an `opq.LayerSource`): values read on demand,
     divided by the channel ranges when the layer gets per-channel steps
@@ -144,7 +150,8 @@ class _Source:
             return w
         view = [1] * w.ndim
         view[self.axis % w.ndim] = -1
-        return (w / self.ranges.reshape(view)).astype(np.float32)
+        ranges = self.ranges.reshape(view)
+        return blockwise(_divide, np.float32, w, ranges) if blockable(w) else _divide(w, ranges)
 
     def release(self) -> None:
         if self.mapped is not None:

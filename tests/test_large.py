@@ -81,7 +81,28 @@ def _without_bytes(report: dict) -> str:
 def test_streaming_output_equals_the_in_memory_output(tmp_path, monkeypatch, config, output, placeholders):
     if placeholders:  # every float tensor read from the file only when a pass needs it
         monkeypatch.setattr(stream, "_PLACEHOLDER_BYTES", 0)
-    plain, ext = _pair(tmp_path, _model())
+    _assert_streaming_equals_in_memory(tmp_path, _model(), config, output)
+
+
+@pytest.mark.parametrize("config", [OpqConfig(prune=0.5, bits=4), OpqConfig(bits=3, keep_survivors=False)])
+def test_streaming_equals_in_memory_on_a_layer_past_one_block(tmp_path, monkeypatch, config):
+    from onnxjpq.quant import BLOCK
+
+    w = laplace((256, 400), seed=7)  # MatMul: channels are columns, the outlier gets per-channel steps
+    w[:, 3] *= 30
+    assert w.size > BLOCK
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 400])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    monkeypatch.setattr(stream, "_PLACEHOLDER_BYTES", 0)
+    feeds = {"x": np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)}
+    _assert_streaming_equals_in_memory(tmp_path, model, config, OutputConfig(), feeds)
+
+
+def _assert_streaming_equals_in_memory(tmp_path, model, config, output, feeds=FEEDS):
+    plain, ext = _pair(tmp_path, model)
     assert streamable(load_model_lazy(ext), config, output, None)
     assert not streamable(load_model_lazy(plain), config, output, None)
     memory = compress_file(plain, tmp_path / "a.onnx", config, output=output)
@@ -91,7 +112,7 @@ def test_streaming_output_equals_the_in_memory_output(tmp_path, monkeypatch, con
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
-    np.testing.assert_array_equal(run(str(tmp_path / "a.onnx"), FEEDS)[0], run(str(tmp_path / "b.onnx"), FEEDS)[0])
+    np.testing.assert_array_equal(run(str(tmp_path / "a.onnx"), feeds)[0], run(str(tmp_path / "b.onnx"), feeds)[0])
     assert streamed["totals"]["bytes_out"] == sum(p.stat().st_size for p in tmp_path.glob("b.onnx*"))
 
 

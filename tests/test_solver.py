@@ -368,3 +368,36 @@ def test_fixed_layers_stay_unpruned_at_eight_bit_caps():
 def test_out_of_range_configs_are_refused(kwargs):
     with pytest.raises(OptionError):
         OpqConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- layer sources
+
+
+def test_solve_sources_in_laplace_mode_never_reads_all_layers_at_once():
+    # what lets onnxjpq.stream solve a model with one layer in memory: only the exact
+    # (global magnitude) mode asks for every layer's values together
+    from onnxjpq.methods.opq import ArraySource, solve_sources
+
+    class OneAtATime(ArraySource):
+        def values(self):
+            raise AssertionError("values() read in laplace mode")
+
+    rng = np.random.default_rng(3)
+    layers = [Layer(f"l{i}", rng.laplace(0, 0.01 * (i + 1), size=(24, 40)).astype(np.float32)) for i in range(3)]
+    config = OpqConfig(prune=0.5, bits=4)
+    expected, got = solve_opq(layers, config), solve_sources([OneAtATime(l) for l in layers], config)
+    for a, b in zip(expected.layers, got.layers, strict=True):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert (a.step, a.predicted_prune_ratio) == (b.step, b.predicted_prune_ratio)
+    assert got.diagnostics == expected.diagnostics
+
+
+def test_kept_at_least_compares_in_float64():
+    from onnxjpq.methods.opq import kept_channels
+
+    w = np.array([[0.1, 0.3], [0.2, 0.0]], np.float32)
+    kept = kept_channels(w, np.array([[True, True], [True, False]]), 0)
+    just_above = float(np.float32(0.1)) + 1e-12  # rounds to float32(0.1) in float32
+    assert kept.at_least(just_above).tolist() == [1, 1]
+    assert kept.at_least(float(np.float32(0.1))).tolist() == [2, 1]
+    assert (kept.alpha.tolist(), kept.count.tolist()) == ([float(np.float32(0.3)), float(np.float32(0.2))], [2, 1])
