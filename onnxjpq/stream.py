@@ -50,9 +50,10 @@ from .errors import ModelError, OptionError
 from .io import ExternalWriter, external_span
 from .layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
 from .macs import layer_macs, tensor_shapes
-from .methods.opq import KeptChannels, OpqConfig, kept_channels, magnitude_mask, solve_sources
+from .methods.opq import (KeptChannels, OpqConfig, count_at_least, kept_channels, magnitude_mask,
+                          solve_sources)
 from .plan import CompressionPlan, LayerPlan
-from .quant import blockable, blockwise, to_channels
+from .quant import blockable, blockwise
 from .report import layer_row, report_dict
 from .rewrite import layer_codes
 from .rewrite.dense import apply_float
@@ -166,9 +167,8 @@ class _Source:
         mask = magnitude_mask(w, n_pruned)
         kept = kept_channels(w, mask, self.axis, self.groups, threshold)
         self.kept_count, self.kept_max = kept.count, kept.alpha
-        if self.ranges is not None:  # per-channel layers have groups 1
-            self.kept_max = np.where(to_channels(mask, self.axis), to_channels(np.abs(self.raw()), self.axis),
-                                     0).max(axis=1)
+        if self.ranges is not None:  # in real units (per-channel layers have groups 1)
+            self.kept_max = kept_channels(self.raw(), mask, self.axis).alpha
         self.release()
         return replace(kept, mask=None, at_least=self._count_at_least)
 
@@ -176,8 +176,7 @@ class _Source:
         """`KeptChannels.at_least` read from the file, once per distinct t."""
         if float(t) not in self._at_least:
             w = self.values()
-            kept = kept_channels(w, magnitude_mask(w, self.pruned), self.axis, self.groups)
-            self._at_least[float(t)] = kept.at_least(t)
+            self._at_least[float(t)] = count_at_least(w, magnitude_mask(w, self.pruned), self.axis, self.groups, t)
             self.release()
         return self._at_least[float(t)]
 

@@ -261,3 +261,25 @@ def test_blocked_codes_error_and_fit_equal_the_whole_array_ones(shape, axis):
     runs = np.diff(np.flatnonzero(nz), prepend=-1) - 1
     assert index_bits(nz, 3.5) == min([nz.size] + [int(np.ceil((nz.sum() + (runs >> r).sum()) * r
                                                                + (runs >> r).sum() * 3.5)) for r in range(1, 9)])
+
+
+@pytest.mark.parametrize("shape, axis, groups", [((300, 400), 0, 1), ((300, 400), 1, 1), ((20, 48, 11, 13), 1, 1),
+                                                 ((20, 48, 11, 13), 1, 4), ((70_001,), None, 1)])
+def test_blocked_masks_and_channel_statistics_equal_the_whole_array_ones(shape, axis, groups):
+    from onnxjpq.methods.opq import kept_channels, magnitude_mask
+    from onnxjpq.quant import to_channels
+
+    w = np.round(np.random.default_rng(5).laplace(0, 0.05, shape), 3).astype(np.float32)  # many ties
+    for k in (1, w.size // 3, w.size - 1):
+        reference = np.ones(w.size, bool)
+        reference[np.argsort(np.abs(w).ravel(), kind="stable")[:k]] = False
+        mask = magnitude_mask(w, k)
+        np.testing.assert_array_equal(mask, reference.reshape(shape))
+    a, m = to_channels(np.abs(w), axis, groups), to_channels(mask, axis, groups)
+    kept = np.where(m, a, 0)
+    stats = kept_channels(w, mask, axis, groups, threshold=0.02)
+    np.testing.assert_array_equal(stats.alpha, kept.max(axis=1).astype(float))
+    np.testing.assert_array_equal(stats.count, m.sum(axis=1))
+    assert stats.below == int((np.abs(w) <= 0.02).sum())
+    for t in (np.float64(0.01), np.float64(0.1)):
+        np.testing.assert_array_equal(stats.at_least(t), (kept >= t).sum(axis=1))

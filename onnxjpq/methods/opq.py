@@ -31,7 +31,7 @@ from scipy import optimize
 
 from ..errors import OptionError
 from ..plan import CompressionPlan, LayerPlan, WeightArray
-from ..quant import CONTAINER_MAX, code_width, to_channels
+from ..quant import BLOCK, CONTAINER_MAX, blocks, code_width, to_channels
 from ..channels import check_granularity
 from ..stats import laplace_prune_fraction, laplace_scale
 
@@ -112,19 +112,28 @@ def largest_remainder_counts(fractions: np.ndarray, sizes: np.ndarray, total: in
 def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
     """Mask that prunes the `n_pruned` smallest |w|, ties broken by flat index.
 
-    What a stable argsort of |w| gives, found with a partition (no int64 per weight).
+    What a stable argsort of |w| gives, from a partition that finds the largest
+    pruned |w| and one pass over blocks of weights (no int64 per weight).
 
     >>> magnitude_mask(np.array([0.3, -0.1, 0.1, 0.2]), 2).tolist()
     [True, False, False, True]
     """
-    flat = np.abs(w).ravel()
-    n_pruned = min(n_pruned, flat.size)
+    n_pruned = min(n_pruned, w.size)
     if n_pruned <= 0:
         return np.ones(w.shape, bool)
-    kth = np.partition(flat, n_pruned - 1)[n_pruned - 1]
-    mask = flat > kth
-    ties = np.flatnonzero(flat == kth)
-    mask[ties[n_pruned - int((flat < kth).sum()):]] = True
+    part = np.abs(w).ravel()
+    part.partition(n_pruned - 1)
+    kth = part[n_pruned - 1]
+    del part
+    flat, mask = w.ravel(), np.empty(w.size, bool)
+    below, ties = 0, []
+    for lo, hi in blocks(flat.size):
+        a = np.abs(flat[lo:hi])
+        mask[lo:hi] = a > kth
+        below += int((a < kth).sum())
+        ties.append(np.flatnonzero(a == kth) + lo)
+    ties = np.concatenate(ties)
+    mask[ties[n_pruned - below:]] = True  # the last ties by flat index stay
     return mask.reshape(w.shape)
 
 
@@ -184,12 +193,33 @@ class KeptChannels:
 
 def kept_channels(w: np.ndarray, mask: np.ndarray, axis: int | None, groups: int = 1,
                   threshold: float = 0.0) -> KeptChannels:
-    """`KeptChannels` of the weights `w` under `mask` (the closure keeps the kept |w|)."""
-    a = to_channels(np.abs(w), axis, groups)
-    m = to_channels(mask, axis, groups)
-    kept = np.where(m, a, 0)
-    return KeptChannels(kept.max(axis=1).astype(float), m.sum(axis=1).astype(np.int64),
-                        int((a <= threshold).sum()), lambda t: (kept >= np.float64(t)).sum(axis=1), mask)
+    """`KeptChannels` of the weights `w` under `mask`, a block of channels at a time."""
+    alpha, count, below = [], [], 0
+    for a, m in _channel_blocks(w, mask, axis, groups):
+        alpha.append(np.where(m, a, 0).max(axis=1).astype(float))
+        count.append(m.sum(axis=1).astype(np.int64))
+        below += int((a <= threshold).sum())
+    return KeptChannels(np.concatenate(alpha), np.concatenate(count), below,
+                        lambda t: count_at_least(w, mask, axis, groups, t), mask)
+
+
+def count_at_least(w: np.ndarray, mask: np.ndarray, axis: int | None, groups: int, t: float) -> np.ndarray:
+    """Per channel, the kept weights with |w| >= t (compared in float64)."""
+    return np.concatenate([(np.where(m, a, 0) >= np.float64(t)).sum(axis=1)
+                           for a, m in _channel_blocks(w, mask, axis, groups)])
+
+
+def _channel_blocks(w: np.ndarray, mask: np.ndarray, axis: int | None, groups: int):
+    """`to_channels` of |w| and of `mask`, in blocks of whole channels of about BLOCK weights
+    (one block for a per-tensor or grouped layout)."""
+    if axis is None or groups > 1 or w.size <= BLOCK:
+        yield to_channels(np.abs(w), axis, groups), to_channels(mask, axis, groups)
+        return
+    channels = w.shape[axis]
+    step = max(1, BLOCK * channels // w.size)
+    for c in range(0, channels, step):
+        part = (slice(None),) * (axis % w.ndim) + (slice(c, c + step),)
+        yield to_channels(np.abs(w[part]), axis), to_channels(mask[part], axis)
 
 
 @dataclass(frozen=True)
