@@ -19,6 +19,11 @@ spanning K_ij = 2α_ij/Δ_i bins. Minimising Σ Δ_i²/12 subject to the bin bud
 with an active set for the int8 cap Δ_i ≥ max_j α_ij/127. All steps are then
 scaled by one factor c, found by bisection, so the packed width of the kept
 weights, mean ⌈log2(2m_ij+1)⌉, equals B (OPQ's ratios between layers kept).
+
+The solve needs of each layer only its Laplace scale and, under its mask, the
+channels' kept maxima and counts: `solve_sources` reads them through
+`LayerSource`s, in memory for `solve_opq` (`ArraySource`), from the file one
+layer at a time for onnxjpq.stream.
 """
 
 from __future__ import annotations
