@@ -305,7 +305,7 @@ def demo(models_dir, out_dir):
 @click.option("--pow2-bits", is_flag=True, help="djpq: restrict learned bit-widths to powers of two.")
 @click.option("--epochs", type=int, default=5, show_default=True, help="Training epochs (admm: ADMM epochs).")
 @click.option("--retrain-epochs", type=int, default=10, show_default=True,
-              help="admm: masked retraining epochs after the final projection.")
+              help="admm/djpq: masked retraining epochs after the final projection / the learned bits and channels.")
 @click.option("--rho", type=float, default=1e-3, show_default=True, help="admm: initial penalty (x1.3 per epoch).")
 @click.option("--lr", type=float, default=1e-2, show_default=True)
 @click.option("--batch", type=int, default=64, show_default=True)
@@ -332,7 +332,7 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
         if rate is None or prune is not None or bits is not None:
             raise OptionError(f"--method {method} takes --rate, not --prune/--bits")
         config = (AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, rho=rho) if method == "admm"
-                  else DjpqConfig(rate=rate, epochs=epochs, pow2=pow2_bits))
+                  else DjpqConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, pow2=pow2_bits))
     else:
         config = _method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
     report = run_finetune(src, dst, data_path, val_path, method, config,

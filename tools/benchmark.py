@@ -1,10 +1,11 @@
 """Benchmark onnxjpq against onnxruntime's quantizers and a naive two-stage baseline.
 
-    python tools/benchmark.py [--quick] [--models lenet5,lenet300,minilm] [--out docs/benchmarks.md]
+    python tools/benchmark.py [--quick] [--models lenet5,lenet300,minilm,silero] [--out docs/benchmarks.md]
 
 Models: the bundled digits LeNets (labelled test splits: top-1 accuracy) and
 all-MiniLM-L6-v2 from `onnxjpq.zoo.minilm` (held-out sentences: mean cosine
-of the sentence embeddings with the fp32 model's). Methods: fp32;
+of the sentence embeddings with the fp32 model's), and silero-vad's six exports
+(speech decisions on synthetic speech, see tools/real_models.py). Methods: fp32;
 onnxruntime `quantize_dynamic` (int8); `quantize_static` (QDQ int8,
 per-channel weights, MinMax calibration on the training/calibration split);
 onnxruntime's `MatMulNBitsQuantizer` (4 bits, block 32, MatMul weights only);
@@ -54,7 +55,7 @@ from onnxjpq.compress import find_model_layers
 from onnxjpq.validate import accuracy, load_dataset, median_latency_ms, predict, session
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("lenet5", "lenet300", "minilm")
+MODELS = ("lenet5", "lenet300", "minilm", "silero")
 
 
 @dataclass(frozen=True)
@@ -479,8 +480,12 @@ def finetune_markdown() -> str:
     lines = ["## Fine-tuning lenet5 (training split 1,347 images, test split 450)", "",
              f"fp32 accuracy {fp32:.2f} %. Each row is `onnxjpq finetune models/lenet5.onnx -o out.onnx "
              "--data models/lenet5_train.npz --val models/lenet5_test.npz` plus the flags shown.", "",
-             "| flags | rate | storage rate | BOPs ratio | accuracy before retraining | accuracy after | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "BOPs ratio counts the written codes (bits, and every zero: pruned weights and whole channels, "
+             "in and out); DJPQ's channel-only ratio counts only whole pruned channels and the learned widths "
+             "(`bops_ratio_learned` in the report).", "",
+             "| flags | rate | storage rate | BOPs ratio | channel-only BOPs ratio | accuracy before retraining "
+             "| accuracy after | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for flags, method, config, train_options in FINETUNE_RUNS:
         _log(f"  finetune: {flags}")
         start = time.perf_counter()
@@ -488,7 +493,8 @@ def finetune_markdown() -> str:
         seconds = time.perf_counter() - start
         after = accuracy(predict(session(out), test), test.labels)
         t = report["totals"]
-        lines.append(f"| `{flags}` | {t['rate']:.1f}x | {t['storage_rate']:.1f}x | {t['bops_ratio']:.1f}x | "
+        learned = f"{t['bops_ratio_learned']:.1f}x" if "bops_ratio_learned" in t else "—"
+        lines.append(f"| `{flags}` | {t['rate']:.1f}x | {t['storage_rate']:.1f}x | {t['bops_ratio']:.1f}x | {learned} | "
                      f"{report['finetune']['accuracy_before']:.2f} % | {after:.2f} % | {seconds:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -517,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         sections = []
         for name in names:
             _log(f"{name}: preparing")
+            if name == "silero":  # every export silero-vad ships, by fidelity (tools/real_models.py)
+                from real_models import silero_markdown
+                sections.append(silero_markdown(work))
+                continue
             case = minilm_case(work, args.quick) if name == "minilm" else lenet_case(name, args.quick)
             runs = (8 if args.quick else 80) if name == "minilm" else (30 if args.quick else 200)
             rows, fp32_latency = bench_case(case, work, runs)
