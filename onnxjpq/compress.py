@@ -15,7 +15,7 @@ from . import __version__
 from .activations import ActivationConfig
 from .channels import normalize, rescale
 from .errors import ModelError, OptionError
-from .io import (check_output_path, file_bytes, load_external, load_model_lazy, remove_model, save_model,
+from .io import (check_output_path, file_bytes, load_external, load_model_lazy, proto_graphs, remove_model, save_model,
                  uses_external_data, write_text_atomic)
 from .layers import Selection, WeightLayer, find_layers, kept_names
 from .macs import layer_macs, tensor_shapes
@@ -27,7 +27,7 @@ from .quant import CONTAINER_MAX
 from .report import layer_row, report_dict, totals
 from .rewrite import FORMATS, layer_codes
 from .rewrite.dense import apply_float
-from .rewrite.qdq import proto_graphs, apply_qdq, pack_int4
+from .rewrite.qdq import apply_qdq, pack_int4
 from .rewrite.sparse import to_sparse
 from .stats import laplace_fit
 

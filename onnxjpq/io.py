@@ -365,6 +365,15 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def proto_graphs(graph: onnx.GraphProto):
+    """`graph` and every subgraph in it (If/Loop/Scan bodies), outermost first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from proto_graphs(sub)
+
+
 def with_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of `model` whose initializers / Constant values named in `arrays` are replaced."""
     out = onnx.ModelProto()

@@ -7,6 +7,7 @@ import onnx
 from onnx import version_converter
 
 from .errors import ModelError
+from .io import proto_graphs
 
 ORT_MIN_OPSET = 7  # onnxruntime runs ai.onnx opset 7 and newer
 # Operator domains onnxruntime's CPU build knows; a model's own functions add theirs.
@@ -55,7 +56,7 @@ def check_supported(model: onnx.ModelProto, name: str = "the model", old_opset_o
             raise ModelError(f"{name}: ai.onnx opset {entry.version} is older than onnxruntime runs "
                              f"({ORT_MIN_OPSET} and newer); convert it with onnx.version_converter")
     known = KNOWN_DOMAINS | {f.domain for f in model.functions}
-    for graph in _graphs(model.graph):
+    for graph in proto_graphs(model.graph):
         _check_strings(graph, name)
         for node in graph.node:
             if node.domain not in known:
@@ -82,11 +83,3 @@ def _check_strings(graph: onnx.GraphProto, name: str) -> None:
             valid = False
         if not valid:
             raise ModelError(f"{name}: a name is not valid UTF-8 ({text!r})")
-
-
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _graphs(sub)

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 
 from ..layers import WeightLayer, all_graphs
 from ..plan import LayerPlan
+from ..io import proto_graphs
 from ..quant import container_for
 from . import layer_codes
 
@@ -64,14 +65,6 @@ def pack_int4(model: onnx.ModelProto, names: list[str]) -> None:
             if tensor.name in wanted:
                 values = numpy_helper.to_array(tensor).astype(ml_dtypes.int4)
                 tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
-
-
-def proto_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from proto_graphs(sub)
 
 
 def _detach_weight(graph: gs.Graph, layer: WeightLayer) -> gs.Variable:
