@@ -9,7 +9,8 @@ clips) beside the original. Fidelity: the share of 32 ms chunks whose
 speech/non-speech decision (p >= 0.5) agrees with the original's, and the mean
 and largest gap in speech probability. The recurrent model is sensitive on
 ambiguous stretches of the synthetic audio, so each model also gets a noise
-floor: the same model with its weights rounded to fp16. `tools/benchmark.py`
+floor (its weights rounded to fp16) and a reference (its weights rounded to
+int8 per channel, as plain int8 quantizers do). `tools/benchmark.py`
 includes this table.
 """
 
@@ -27,8 +28,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxjpq import OpqConfig, Selection, compress_file
-from onnxjpq.io import file_bytes, load_model, save_model
-from onnxjpq.rewrite.qdq import proto_graphs
+from onnxjpq.io import file_bytes, load_model, proto_graphs, save_model
 from onnxjpq.methods.annc import AnncConfig
 from onnxjpq.zoo import silero
 
@@ -39,10 +39,11 @@ SETTINGS = (
 )
 
 
-def _fp16_rounded(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the model with every float32 weight (subgraphs included) rounded to
-    float16 and back: how much the outputs move under a perturbation far smaller than
-    8-bit quantization."""
+def _rounded(model: onnx.ModelProto, kind: str) -> onnx.ModelProto:
+    """A copy of the model with every float32 weight (subgraphs included) rounded: "fp16"
+    (to float16 and back: a perturbation far below 8-bit quantization, the noise floor) or
+    "int8" (symmetric per-output-channel int8 of tensors of rank 2 or more: plain int8 as
+    other tools do it, the reference for onnxjpq's 8-bit default)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for graph in proto_graphs(out.graph):
@@ -50,9 +51,14 @@ def _fp16_rounded(model: onnx.ModelProto) -> onnx.ModelProto:
                                          and n.attribute and n.attribute[0].HasField("t"))]
         for tensor in tensors:
             values = numpy_helper.to_array(tensor)
-            if values.dtype == np.float32 and values.size >= 64:
-                tensor.CopyFrom(numpy_helper.from_array(values.astype(np.float16).astype(np.float32),
-                                                        tensor.name))
+            if values.dtype != np.float32 or values.size < 64 or (kind == "int8" and values.ndim < 2):
+                continue
+            if kind == "fp16":
+                rounded = values.astype(np.float16).astype(np.float32)
+            else:
+                step = np.abs(values).max(axis=tuple(range(1, values.ndim)), keepdims=True) / 127
+                rounded = (np.round(values / np.where(step > 0, step, 1)) * step).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(rounded, tensor.name))
     return out
 
 
@@ -91,9 +97,11 @@ def silero_markdown(work: Path, seconds: float = 60) -> str:
     for name in names:
         src = silero.model_path(name)
         reference = _track(src, clips)
-        floor = work / f"{Path(name).stem}.fp16.onnx"
-        save_model(_fp16_rounded(load_model(src)), floor)
-        lines.append(_row(name, "weights rounded to fp16 (noise floor)", src, floor, "all", reference, clips))
+        for kind, label in (("fp16", "weights rounded to fp16 (noise floor)"),
+                            ("int8", "weights rounded to int8 per channel (reference, stored as float)")):
+            rounded = work / f"{Path(name).stem}.{kind}.onnx"
+            save_model(_rounded(load_model(src), kind), rounded)
+            lines.append(_row(name, label, src, rounded, "all", reference, clips))
         for label, config in SETTINGS:
             out = work / f"{Path(name).stem}.{len(lines)}.onnx"
             report = compress_file(src, out, config, Selection())
