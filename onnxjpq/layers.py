@@ -143,6 +143,13 @@ def _candidates(graph: gs.Graph) -> tuple[dict[str, list], list[Skipped]]:
                             fed.root.name, node.op, tuple(fed.constant.shape),
                             f"reaches {_named(node)} as an input of a {loop.op} body "
                             "(weights passed into subgraphs as inputs are left in float)"))
+                if (source is None and spec and not spec.embedding and id(tensor) not in feeders
+                        and (tensor.dtype is None or np.issubdtype(np.dtype(tensor.dtype), np.floating))):
+                    through = _constant_ops(tensor)
+                    if through:  # e.g. PyTorch's LSTM export reorders gates with Slice/Concat
+                        passed_in.setdefault(tensor.name, Skipped(
+                            tensor.name, node.op, tuple(tensor.shape or ()),
+                            f"computed from constants through {'/'.join(through)} (not followed; left in float)"))
                 if source is None:
                     continue
                 entry = found.setdefault(source.root.name, [source, [], False])
@@ -150,6 +157,25 @@ def _candidates(graph: gs.Graph) -> tuple[dict[str, list], list[Skipped]]:
                     entry[2] = True  # reaches its slots through different chains
                 entry[1].append((node, index, spec, owner))
     return found, [skip for name, skip in passed_in.items() if name not in found]
+
+
+def _constant_ops(tensor, depth: int = 12) -> list[str]:
+    """The ops (in order met) by which `tensor` is computed from constants alone, or [] when it
+    depends on a graph input or the walk goes deeper than `depth` nodes."""
+    ops: list[str] = []
+    stack = [tensor]
+    while stack:
+        current = stack.pop()
+        if _weight_constant(current) is not None:
+            continue
+        if not (isinstance(current, gs.Variable) and len(current.inputs) == 1) or len(ops) >= depth:
+            return []
+        producer = current.inputs[0]
+        if producer.op in ("If", "Loop", "Scan"):
+            return []
+        ops.append(producer.op)
+        stack += [t for t in producer.inputs if t is not None and t.name]
+    return list(dict.fromkeys(reversed(ops)))
 
 
 def _named(node: gs.Node) -> str:

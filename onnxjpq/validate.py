@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import struct
 import sys
 import time
 import zipfile
@@ -100,7 +101,8 @@ def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: holds pickled Python objects, which are never loaded; "
                             "save plain numeric arrays") from None
         raise DataError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, EOFError, KeyError, RuntimeError, NotImplementedError, UnicodeDecodeError, struct.error,
+            zipfile.BadZipFile, zlib.error) as exc:  # what zipfile and numpy raise on damaged archives
         raise DataError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
 
 

@@ -237,9 +237,15 @@ def test_mutated_models_inspect_or_fail_with_one_line(case):
 def _npz_seed() -> bytes:
     import io
 
+    import zipfile
+
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
-    np.savez(buffer, x=rng.standard_normal((4, 16)).astype(np.float32), labels=np.arange(4) % 4)
+    arrays = {"x": rng.standard_normal((4, 16)).astype(np.float32), "labels": np.arange(4) % 4}
+    with zipfile.ZipFile(buffer, "w") as archive:  # np.savez stamps the current time: fixed here
+        for name, array in arrays.items():
+            with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, array)
     return buffer.getvalue()
 
 
