@@ -37,6 +37,18 @@ def assert_ort_close(a, b, feeds: dict[str, np.ndarray], rtol: float = 1e-5, ato
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
+# Three MatMul layers: the first and last are kept at 8 bits by the default
+# selection, the middle one (16x32 = 512 params) is compressed.
+MLP = """
+agraph (float[2, 16] x) => (float[2, 4] y) {
+    h1 = MatMul (x, W1)
+    r1 = Relu (h1)
+    h2 = MatMul (r1, W2)
+    r2 = Relu (h2)
+    y = MatMul (r2, W3)
+}"""
+
+
 CONV = """
 agraph (float[1, 3, 8, 8] x) => (float[1, 8, 8, 8] y) {
     y = Conv <pads = [1, 1, 1, 1]> (x, W)

@@ -9,20 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxjpq.testing import laplace, make_model
+from onnxjpq.testing import MLP, laplace, make_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
-# Three MatMul layers: the first and last are kept at 8 bits by the default
-# selection, the middle one (16x32 = 512 params) is compressed.
-MLP = """
-agraph (float[2, 16] x) => (float[2, 4] y) {
-    h1 = MatMul (x, W1)
-    r1 = Relu (h1)
-    h2 = MatMul (r1, W2)
-    r2 = Relu (h2)
-    y = MatMul (r2, W3)
-}"""
 
 # Nothing to compress: no Conv, ConvTranspose, Gemm or MatMul.
 NO_LAYER = """

@@ -32,7 +32,7 @@ from onnxjpq.cli import main
 from onnxjpq.compress import find_model_layers
 from onnxjpq.layers import find_layers
 from onnxjpq.errors import ModelError
-from onnxjpq.testing import laplace, run
+from onnxjpq.testing import MLP, laplace, run
 
 ALL = Selection(keep=(), min_params=0)
 
@@ -223,16 +223,6 @@ agraph (float[3, 2, 16] xs) => (float[2, 16] final, float[3, 2, 16] ys) {
 
 
 # ------------------------------------------------------------ hostile weights
-
-
-MLP = """
-agraph (float[2, 16] x) => (float[2, 4] y) {
-    h1 = MatMul (x, W1)
-    r1 = Relu (h1)
-    h2 = MatMul (r1, W2)
-    r2 = Relu (h2)
-    y = MatMul (r2, W3)
-}"""
 
 
 def _mlp(w2: np.ndarray | None = None, opset: int = 17, ir: int = 8) -> onnx.ModelProto:
