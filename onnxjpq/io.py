@@ -12,6 +12,7 @@ output. `ExternalWriter` writes a large model tensor by tensor (see
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -65,13 +66,10 @@ def _check_tensor(tensor: onnx.TensorProto, base: Path) -> None:
 
 
 def _sparse_tensors(graph: onnx.GraphProto):
-    yield from graph.sparse_initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _sparse_tensors(sub)
+    for g in proto_graphs(graph):
+        yield from g.sparse_initializer
+        yield from (attr.sparse_tensor for node in g.node for attr in node.attribute
+                    if attr.HasField("sparse_tensor"))
 
 
 def _check_sparse(sparse: onnx.SparseTensorProto, base: Path) -> None:
@@ -99,9 +97,7 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     """
     if any(d < 0 for d in tensor.dims):
         raise ModelError(f"tensor {tensor.name!r}: negative dimension in {list(tensor.dims)}")
-    count = 1
-    for d in tensor.dims:
-        count *= d
+    count = math.prod(tensor.dims)
     if tensor.data_type in _PACKED_4BIT:
         return (count + 1) // 2
     try:
@@ -155,9 +151,7 @@ def _check_inline(tensor: onnx.TensorProto) -> None:
     if (tensor.data_type == onnx.TensorProto.UNDEFINED or tensor.data_type in _PACKED_4BIT
             or tensor.data_type >= onnx.TensorProto.FLOAT8E4M3FN):
         return  # packed encodings in int32_data: left to onnx
-    count = 1
-    for d in tensor.dims:
-        count *= d
+    count = math.prod(tensor.dims)
     stored = sum(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
     per_value = 2 if tensor.data_type in _TWO_PER_VALUE else 1
     if stored != count * per_value:
