@@ -17,7 +17,7 @@ from functools import wraps
 import click
 
 from . import __version__
-from .errors import OnnxjpqError
+from .errors import OnnxjpqError, first_line
 
 
 def _input_fault(path) -> OnnxjpqError | None:
@@ -39,13 +39,8 @@ def _input_fault(path) -> OnnxjpqError | None:
     except OnnxjpqError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - any failure to check the input is the input's
-        return ModelError(f"{path}: not a valid ONNX model ({_first_line(exc)})")
+        return ModelError(f"{path}: not a valid ONNX model ({first_line(exc)})")
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _fail(message: str, code: int):
@@ -71,7 +66,7 @@ def _user_errors(*model_args: str):
             except OnnxjpqError as exc:
                 _fail(str(exc), exc.exit_code)
             except OSError as exc:
-                reason = exc.strerror or _first_line(exc)
+                reason = exc.strerror or first_line(exc)
                 _fail(f"{exc.filename}: {reason}" if exc.filename else f"cannot write the output: {reason}", 2)
             except Exception:
                 for name in model_args:

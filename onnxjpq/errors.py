@@ -38,3 +38,9 @@ class ValidationError(OnnxjpqError):
     """The compressed model does not meet the accuracy the user asked for (exit status 1)."""
 
     exit_code = EXIT_VALIDATION
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to one line (its type when it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -23,7 +23,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
-from .errors import ModelError, OptionError
+from .errors import ModelError, OptionError, first_line
 
 _PROTOBUF_LIMIT = 2**31 - 1
 _COPY_CHUNK = 64 << 20
@@ -47,7 +47,7 @@ def load_model_lazy(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelError(f"{path}: not an ONNX model (no graph)")
     base = path.parent.resolve()
@@ -117,7 +117,7 @@ def external_span(tensor: onnx.TensorProto, base: Path) -> tuple[Path, int, int]
     try:
         info = external_data_helper.ExternalDataInfo(tensor)
     except ValueError as exc:
-        raise ModelError(f"tensor {name!r}: bad external data entry ({_first_line(exc)})") from None
+        raise ModelError(f"tensor {name!r}: bad external data entry ({first_line(exc)})") from None
     target = (base / info.location).resolve()
     if base != target and base not in target.parents:
         raise ModelError(f"tensor {name!r}: external data location "
@@ -176,7 +176,7 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
         try:
             external_data_helper.load_external_data_for_model(model, str(base))
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read external data: {_first_line(exc)}") from None
+            raise ModelError(f"cannot read external data: {first_line(exc)}") from None
 
 
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -352,11 +352,6 @@ def file_bytes(path: str | os.PathLike) -> int:
                  for t in external_data_helper._get_all_tensors(model)
                  if external_data_helper.uses_external_data(t)}
     return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def proto_graphs(graph: onnx.GraphProto):

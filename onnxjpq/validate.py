@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import DataError, ModelError
+from .errors import DataError, ModelError, first_line
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,10 @@ def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if "allow_pickle" in str(exc):
             raise DataError(f"{path}: holds pickled Python objects, which are never loaded; "
                             "save plain numeric arrays") from None
-        raise DataError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
     except (OSError, EOFError, KeyError, RuntimeError, NotImplementedError, UnicodeDecodeError, struct.error,
             zipfile.BadZipFile, zlib.error) as exc:  # what zipfile and numpy raise on damaged archives
-        raise DataError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        raise DataError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
 
 
 def _shape_text(shape) -> str:
