@@ -1,0 +1,1 @@
+"""Pure numpy: quantization, statistics and layer-input math (no onnx, no torch)."""
