@@ -2,7 +2,8 @@
 
 Parameter names are the ONNX initializer names (in `module.weights`, a
 ParameterDict keyed by a safe alias), so trained values map straight back to
-the graph. Weight-producing Constant nodes become parameters too. A
+the graph. Weight-producing Constant nodes become parameters too. The ops are
+those of the registry in `torchops` (one entry per ONNX op type). A
 `weight_transform` hook (name -> function of the parameter) lets a method
 quantize or mask the weights in the forward pass.
 """
@@ -13,51 +14,39 @@ from typing import Callable
 
 import numpy as np
 import onnx
+import onnx.inliner
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from ..errors import ModelError
 from ..io import with_weights  # noqa: F401  (re-exported: the fine-tuning writes weights back with it)
-from .ops import OPS
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        value = onnx.helper.get_attribute_value(a)
-        out[a.name] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
-    return out
+from .torchops import compile_graph, model_opset
 
 
 class OnnxModule(nn.Module):
-    """The main graph of `model`, executed node by node with torch ops."""
+    """The main graph of `model`, executed node by node with torch ops.
+
+    Every op and tensor type the registry cannot run is refused here, in one
+    ModelError, before any training starts.
+    """
 
     def __init__(self, model: onnx.ModelProto, trainable: set[str] | None = None):
         super().__init__()
-        graph = model.graph
-        missing = sorted({n.op_type for n in graph.node if n.op_type not in OPS and n.op_type != "Constant"})
-        if missing:
-            raise ModelError(f"fine-tuning cannot run ops {', '.join(missing)} yet")
-        values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self.nodes = []
-        for node in graph.node:
-            if node.op_type == "Constant" and node.attribute[0].name == "value":
-                values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            else:
-                self.nodes.append((node.op_type, list(node.input), list(node.output), _attrs(node)))
+        if model.functions:
+            model = onnx.inliner.inline_local_functions(model)
+        self.graph = compile_graph(model.graph, model_opset(model))
+        values = self.graph.constants
+        self.graph.constants = {}
         self.alias = {name: f"p{i}" for i, name in enumerate(values)}
         self.weights = nn.ParameterDict()
         self.constants: dict[str, torch.Tensor] = {}
-        for name, array in values.items():
-            tensor = torch.from_numpy(np.array(array))
+        for name, tensor in values.items():
             if tensor.is_floating_point() and (trainable is None or name in trainable):
                 self.weights[self.alias[name]] = nn.Parameter(tensor)
             else:
                 self.constants[name] = tensor
-        init_names = set(values)
-        self.input_names = [i.name for i in graph.input if i.name not in init_names]
-        self.output_names = [o.name for o in graph.output]
+        self.input_names = self.graph.input_names
+        self.output_names = self.graph.output_names
         self.weight_transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.pre_forward: list[Callable[[], None]] = []  # e.g. sampling stochastic gates
 
@@ -76,10 +65,7 @@ class OnnxModule(nn.Module):
             transform = self.weight_transform.get(name)
             env[name] = transform(param) if transform else param
         env.update(zip(self.input_names, inputs))
-        for op, ins, outs, attrs in self.nodes:
-            args = [env[i] if i else None for i in ins]
-            results = OPS[op](*args, attrs=attrs)
-            env.update(zip(outs, results))
+        self.graph.run(env)
         return [env[name] for name in self.output_names]
 
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,69 @@
+"""ONNX element types as torch dtypes, and numpy <-> torch for the types numpy holds through ml_dtypes.
+
+Torch has no dtype for strings, 2- and 4-bit integers or 4-bit floats; a graph
+with such tensors is refused before it runs (`unsupported_type`).
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto
+
+TORCH_DTYPES: dict[int, torch.dtype] = {
+    TensorProto.FLOAT: torch.float32, TensorProto.DOUBLE: torch.float64, TensorProto.FLOAT16: torch.float16,
+    TensorProto.BFLOAT16: torch.bfloat16, TensorProto.INT8: torch.int8, TensorProto.INT16: torch.int16,
+    TensorProto.INT32: torch.int32, TensorProto.INT64: torch.int64, TensorProto.UINT8: torch.uint8,
+    TensorProto.UINT16: torch.uint16, TensorProto.UINT32: torch.uint32, TensorProto.UINT64: torch.uint64,
+    TensorProto.BOOL: torch.bool, TensorProto.COMPLEX64: torch.complex64, TensorProto.COMPLEX128: torch.complex128,
+    TensorProto.FLOAT8E4M3FN: torch.float8_e4m3fn, TensorProto.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
+    TensorProto.FLOAT8E5M2: torch.float8_e5m2, TensorProto.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
+    TensorProto.FLOAT8E8M0: torch.float8_e8m0fnu,
+}
+
+# numpy (ml_dtypes) types torch.from_numpy does not take: the integer type of the same width to view them through.
+_VIEWED = {
+    np.dtype(ml_dtypes.bfloat16): (np.int16, torch.bfloat16),
+    np.dtype(ml_dtypes.float8_e4m3fn): (np.uint8, torch.float8_e4m3fn),
+    np.dtype(ml_dtypes.float8_e4m3fnuz): (np.uint8, torch.float8_e4m3fnuz),
+    np.dtype(ml_dtypes.float8_e5m2): (np.uint8, torch.float8_e5m2),
+    np.dtype(ml_dtypes.float8_e5m2fnuz): (np.uint8, torch.float8_e5m2fnuz),
+    np.dtype(ml_dtypes.float8_e8m0fnu): (np.uint8, torch.float8_e8m0fnu),
+}
+_NUMPY_OF = {torch_dtype: np_dtype for np_dtype, (_, torch_dtype) in _VIEWED.items()}
+
+
+def torch_dtype(elem_type: int) -> torch.dtype:
+    return TORCH_DTYPES[elem_type]
+
+
+def unsupported_type(elem_type: int) -> str | None:
+    """Why tensors of this ONNX element type cannot run in torch, or None."""
+    if elem_type in TORCH_DTYPES:
+        return None
+    return f"{TensorProto.DataType.Name(elem_type)} tensors (torch has no such dtype)"
+
+
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    array = np.asarray(array)
+    viewed = _VIEWED.get(array.dtype)
+    if viewed is not None:
+        return torch.from_numpy(np.ascontiguousarray(array).view(viewed[0]).copy()).view(viewed[1])
+    if array.dtype.kind in "OUS":
+        raise TypeError(f"torch has no dtype for {array.dtype} arrays")
+    return torch.from_numpy(np.array(array))
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    np_dtype = _NUMPY_OF.get(tensor.dtype)
+    if np_dtype is not None:
+        width = torch.int16 if tensor.dtype == torch.bfloat16 else torch.uint8
+        return tensor.contiguous().view(width).numpy().view(np_dtype)
+    return tensor.numpy()
+
+
+def tensor_of(proto: onnx.TensorProto) -> torch.Tensor:
+    return to_torch(onnx.numpy_helper.to_array(proto))
