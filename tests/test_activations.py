@@ -8,11 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from onnxjpq import OpqConfig, OptionError, OutputConfig, Selection
-from onnxjpq.activations import ActivationConfig, compress_with_activations, output_snr_db
+from onnxjpq.workflows.activations import ActivationConfig, compress_with_activations, output_snr_db
 from onnxjpq.cli import main
-from onnxjpq.compress import compress_model
-from onnxjpq.io import load_model
-from onnxjpq.validate import accuracy, load_dataset, predict, session
+from onnxjpq.pipeline.compress import compress_model
+from onnxjpq.graph.io import load_model
+from onnxjpq.runtime.data import load_dataset
+from onnxjpq.runtime.sessions import accuracy, predict, session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -33,8 +34,8 @@ def _activation_quantizers(model: onnx.ModelProto) -> int:
 def test_full_qdq_keeps_weight_codes_and_accuracy(lenet):
     model, calib, test = lenet
     config = OpqConfig(prune=0.5, bits=4)
-    output = OutputConfig(activations=ActivationConfig())
-    qmodel, report = compress_with_activations(model, config, Selection(), output, calib)
+    qmodel, report = compress_with_activations(model, config, Selection(), OutputConfig(), ActivationConfig(),
+                                               calib)
     assert _activation_quantizers(qmodel) >= 6
     weights, _ = compress_model(model, config, Selection(), OutputConfig(format="float"))
     floats = {t.name: onnx.numpy_helper.to_array(t) for t in weights.graph.initializer}
@@ -56,9 +57,9 @@ def test_full_qdq_keeps_weight_codes_and_accuracy(lenet):
 def test_a_strict_target_keeps_the_worst_activations_in_float(lenet):
     model, calib, _ = lenet
     loose, _ = compress_with_activations(model, OpqConfig(bits=8), Selection(),
-                                         OutputConfig(activations=ActivationConfig(min_snr_db=10)), calib)
+                                         OutputConfig(), ActivationConfig(min_snr_db=10), calib)
     strict, report = compress_with_activations(model, OpqConfig(bits=8), Selection(),
-                                               OutputConfig(activations=ActivationConfig(min_snr_db=46)), calib)
+                                               OutputConfig(), ActivationConfig(min_snr_db=46), calib)
     info = report["settings"]["activations"]
     assert info["kept_float"]
     assert _activation_quantizers(strict) < _activation_quantizers(loose)

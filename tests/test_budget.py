@@ -8,12 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxjpq import OptionError, Selection
-from onnxjpq.compress import compress_model
-from onnxjpq.io import load_model
+from onnxjpq.pipeline.compress import compress_model
+from onnxjpq.graph.io import load_model
 from onnxjpq.methods.annc import (AnncConfig, allocate, index_cost, layer_options, solve_annc)
-from onnxjpq.report import index_bits
+from onnxjpq.pipeline.report import index_bits
 from onnxjpq.testing import laplace
-from onnxjpq.validate import accuracy, load_dataset, predict, session
+from onnxjpq.runtime.data import load_dataset
+from onnxjpq.runtime.sessions import accuracy, predict, session
 
 
 MODELS = Path(__file__).resolve().parent.parent / "models"

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxjpq.cli import main
-from onnxjpq.validate import accuracy, load_dataset, predict, session
+from onnxjpq.runtime.data import load_dataset
+from onnxjpq.runtime.sessions import accuracy, predict, session
 
 pytestmark = pytest.mark.slow
 

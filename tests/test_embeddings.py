@@ -4,8 +4,8 @@ import numpy as np
 
 
 from onnxjpq import OpqConfig, OutputConfig, Selection, compress_model
-from onnxjpq.compress import find_model_layers
-from onnxjpq.macs import layer_macs, tensor_shapes
+from onnxjpq.pipeline.compress import find_model_layers
+from onnxjpq.graph.macs import layer_macs, tensor_shapes
 from onnxjpq.testing import laplace, make_model, run
 
 EMBEDDING = """

@@ -13,10 +13,11 @@ from onnx import TensorProto, helper
 
 from onnxjpq import DataError, OpqConfig, OptionError, compress_file
 from onnxjpq.cli import main
-from onnxjpq.evaluate import (EvalConfig, ErrorSums, Tally, agreement, cosine, evaluate_files, max_abs,
+from onnxjpq.workflows.evaluate import (EvalConfig, ErrorSums, Tally, agreement, cosine, evaluate_files, max_abs,
                               snr_db, to_json, top1_accuracy)
-from onnxjpq.io import file_bytes
-from onnxjpq.validate import load_dataset, open_batches, session
+from onnxjpq.graph.io import file_bytes
+from onnxjpq.runtime.data import load_dataset, open_batches
+from onnxjpq.runtime.sessions import session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 LENET5, TEST = MODELS / "lenet5.onnx", MODELS / "lenet5_test.npz"

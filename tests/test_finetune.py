@@ -18,9 +18,10 @@ from onnxjpq.finetune.bridge import OnnxModule, with_weights  # noqa: E402
 from onnxjpq.finetune.masked import channel_limits  # noqa: E402
 from onnxjpq.finetune.run import finetune  # noqa: E402
 from onnxjpq.finetune.train import TrainConfig  # noqa: E402
-from onnxjpq.io import load_model  # noqa: E402
+from onnxjpq.graph.io import load_model  # noqa: E402
 from onnxjpq.testing import make_model  # noqa: E402
-from onnxjpq.validate import accuracy, load_dataset, predict, session  # noqa: E402
+from onnxjpq.runtime.data import load_dataset  # noqa: E402
+from onnxjpq.runtime.sessions import accuracy, predict, session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -223,9 +224,9 @@ def test_djpq_does_not_collapse_an_mlp():
 
 
 def _djpq_state(model, config=None):
-    from onnxjpq.compress import find_model_layers
+    from onnxjpq.pipeline.compress import find_model_layers
     from onnxjpq.finetune.djpq import DjpqConfig, DjpqState
-    from onnxjpq.macs import layer_macs, tensor_shapes
+    from onnxjpq.graph.macs import layer_macs, tensor_shapes
 
     layers, _ = find_model_layers(model)
     shapes = tensor_shapes(model)

@@ -29,8 +29,8 @@ from onnx import helper, numpy_helper
 
 from onnxjpq import OpqConfig, OutputConfig, Selection, compress_model
 from onnxjpq.cli import main
-from onnxjpq.compress import find_model_layers
-from onnxjpq.layers import find_layers
+from onnxjpq.pipeline.compress import find_model_layers
+from onnxjpq.graph.layers import find_layers
 from onnxjpq.errors import ModelError
 from onnxjpq.testing import MLP, laplace, run
 
@@ -395,7 +395,7 @@ def test_a_full_disk_while_writing_is_one_error_line_and_leaves_nothing(tmp_path
 
 
 def test_a_report_that_cannot_be_written_leaves_no_model_behind(tmp_path, monkeypatch):
-    import onnxjpq.compress as compress
+    import onnxjpq.workflows.compress as compress
 
     src, out = _save(tmp_path, _mlp()), tmp_path / "out.onnx"
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from onnxjpq import ModelError, OpqConfig, OptionError, compress_file
-from onnxjpq.io import check_output_path, file_bytes, load_model, save_model
+from onnxjpq.graph.io import check_output_path, file_bytes, load_model, save_model
 from onnxjpq.testing import conv_model, run
 
 

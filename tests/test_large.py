@@ -12,9 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxjpq import ModelError, OpqConfig, OptionError, compress_file
-from onnxjpq import stream
-from onnxjpq.compress import OutputConfig, streamable
-from onnxjpq.io import load_model_lazy
+from onnxjpq.pipeline import stream
+from onnxjpq.pipeline.compress import OutputConfig
+from onnxjpq.workflows.compress import streamable
+from onnxjpq.graph.io import load_model_lazy
 from onnxjpq.testing import laplace, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_streaming_output_equals_the_in_memory_output(tmp_path, monkeypatch, con
 
 @pytest.mark.parametrize("config", [OpqConfig(prune=0.5, bits=4), OpqConfig(bits=3, keep_survivors=False)])
 def test_streaming_equals_in_memory_on_a_layer_past_one_block(tmp_path, monkeypatch, config):
-    from onnxjpq.quant import BLOCK
+    from onnxjpq.core.quant import BLOCK
 
     w = laplace((256, 400), seed=7)  # MatMul: channels are columns, the outlier gets per-channel steps
     w[:, 3] *= 30
@@ -103,8 +104,8 @@ def test_streaming_equals_in_memory_on_a_layer_past_one_block(tmp_path, monkeypa
 
 def _assert_streaming_equals_in_memory(tmp_path, model, config, output, feeds=FEEDS):
     plain, ext = _pair(tmp_path, model)
-    assert streamable(load_model_lazy(ext), config, output, None)
-    assert not streamable(load_model_lazy(plain), config, output, None)
+    assert streamable(load_model_lazy(ext), config, output, None, None)
+    assert not streamable(load_model_lazy(plain), config, output, None, None)
     memory = compress_file(plain, tmp_path / "a.onnx", config, output=output)
     streamed = compress_file(ext, tmp_path / "b.onnx", config, output=output)
     assert _without_bytes(streamed) == _without_bytes(memory)
@@ -233,10 +234,10 @@ def _whole_codes(w, mask, step, keep_survivors, max_code):
 @pytest.mark.parametrize("shape, axis", [((300, 400), 0), ((300, 400), 1), ((40, 30, 9, 9), 0),
                                          ((20, 48, 11, 13), 1), ((70_001,), None)])
 def test_blocked_codes_error_and_fit_equal_the_whole_array_ones(shape, axis):
-    from onnxjpq.plan import LayerPlan
-    from onnxjpq.quant import dequantize, quantize_codes
-    from onnxjpq.report import index_bits, layer_row
-    from onnxjpq.stats import laplace_fit
+    from onnxjpq.core.plan import LayerPlan
+    from onnxjpq.core.quant import dequantize, quantize_codes
+    from onnxjpq.pipeline.report import index_bits, layer_row
+    from onnxjpq.core.stats import laplace_fit
 
     rng = np.random.default_rng(len(shape) + (axis or 0))
     w = rng.laplace(0, 0.05, shape).astype(np.float32)
@@ -267,7 +268,7 @@ def test_blocked_codes_error_and_fit_equal_the_whole_array_ones(shape, axis):
                                                  ((20, 48, 11, 13), 1, 4), ((70_001,), None, 1)])
 def test_blocked_masks_and_channel_statistics_equal_the_whole_array_ones(shape, axis, groups):
     from onnxjpq.methods.opq import kept_channels, magnitude_mask
-    from onnxjpq.quant import to_channels
+    from onnxjpq.core.quant import to_channels
 
     w = np.round(np.random.default_rng(5).laplace(0, 0.05, shape), 3).astype(np.float32)  # many ties
     for k in (1, w.size // 3, w.size - 1):

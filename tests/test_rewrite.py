@@ -23,10 +23,10 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from onnxjpq import OpqConfig, OutputConfig, Selection, compress_model, find_layers, solve_opq
-from onnxjpq.compress import plan_model
-from onnxjpq.io import with_weights
-from onnxjpq.layers import kept_names
-from onnxjpq.quant import to_channels
+from onnxjpq.pipeline.compress import plan_model
+from onnxjpq.graph.io import with_weights
+from onnxjpq.graph.layers import kept_names
+from onnxjpq.core.quant import to_channels
 from onnxjpq.testing import laplace, make_model, run
 
 CONFIG = OpqConfig(prune=0.5, bits=4)
@@ -143,7 +143,7 @@ def _weight_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def _plan(model: onnx.ModelProto, config: OpqConfig, fmt: str, int4: bool = True):
     """The layers `find_layers` returns and the masks and steps solved for them.
 
-    plan_model is solve_opq behind the per-channel normalisation of onnxjpq.channels
+    plan_model is solve_opq behind the per-channel normalisation of onnxjpq.core.channels
     (with granularity="layer" the two agree: see test_layer_granularity_plan_is_solve_opq).
     """
     layers, _ = find_layers(gs.import_onnx(model), ALL)

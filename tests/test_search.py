@@ -9,9 +9,10 @@ from click.testing import CliRunner
 
 from onnxjpq import OptionError
 from onnxjpq.cli import main
-from onnxjpq.io import load_model
-from onnxjpq.search import SearchConfig, search_rate
-from onnxjpq.validate import Dataset, load_dataset, predict, session
+from onnxjpq.graph.io import load_model
+from onnxjpq.workflows.search import SearchConfig, search_rate
+from onnxjpq.runtime.data import Dataset, load_dataset
+from onnxjpq.runtime.sessions import predict, session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 
 from onnxjpq import OpqConfig, OptionError, Selection
 from onnxjpq.cli import main
-from onnxjpq.compress import OutputConfig, compress_model
-from onnxjpq.evaluate import snr_db
-from onnxjpq.io import load_model
-from onnxjpq.sensitivity import SensitivityConfig, measure_sensitivity, rank_layers
-from onnxjpq.validate import session
+from onnxjpq.pipeline.compress import OutputConfig, compress_model
+from onnxjpq.workflows.evaluate import snr_db
+from onnxjpq.graph.io import load_model
+from onnxjpq.workflows.sensitivity import SensitivityConfig, measure_sensitivity, rank_layers
+from onnxjpq.runtime.sessions import session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

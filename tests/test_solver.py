@@ -20,7 +20,7 @@ from onnxjpq import OptionError
 from onnxjpq.methods.opq import (OpqConfig, channel_stats, global_magnitude_counts, int4_caps,
                                  largest_remainder_counts, magnitude_mask, opq_steps, packed_bits, solve_opq,
                                  solve_prune_threshold)
-from onnxjpq.quant import code_width, quantize_codes, to_channels
+from onnxjpq.core.quant import code_width, quantize_codes, to_channels
 
 # derandomize: the same examples on every run (a red CI run reproduces locally);
 # database=None: nothing written outside tests/.
@@ -374,7 +374,7 @@ def test_out_of_range_configs_are_refused(kwargs):
 
 
 def test_solve_sources_in_laplace_mode_never_reads_all_layers_at_once():
-    # what lets onnxjpq.stream solve a model with one layer in memory: only the exact
+    # what lets onnxjpq.pipeline.stream solve a model with one layer in memory: only the exact
     # (global magnitude) mode asks for every layer's values together
     from onnxjpq.methods.opq import ArraySource, solve_sources
 

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from onnxjpq import OptionError
 from onnxjpq.cli import main
-from onnxjpq.plots import plot_layers
-from onnxjpq.sweep import SweepConfig, choose_point, pareto_front, plot_sweep_files, sweep
-from onnxjpq.validate import session
+from onnxjpq.workflows.plots import plot_layers
+from onnxjpq.workflows.sweep import SweepConfig, choose_point, pareto_front, plot_sweep_files, sweep
+from onnxjpq.runtime.sessions import session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 LENET5, TEST = MODELS / "lenet5.onnx", MODELS / "lenet5_test.npz"

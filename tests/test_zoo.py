@@ -14,8 +14,9 @@ import onnx
 import pytest
 
 from onnxjpq import ModelError, OpqConfig, compress_model
-from onnxjpq.compress import find_model_layers
-from onnxjpq.validate import load_dataset, session
+from onnxjpq.pipeline.compress import find_model_layers
+from onnxjpq.runtime.data import load_dataset
+from onnxjpq.runtime.sessions import session
 from onnxjpq.zoo import minilm
 
 
@@ -124,7 +125,7 @@ def test_int8_keeps_sentence_embeddings(minilm_model):
 @pytest.mark.slow
 @pytest.mark.real
 def test_with_embeddings_the_file_shrinks_and_cosine_holds(minilm_model, minilm_path, tmp_path):
-    from onnxjpq.layers import Selection
+    from onnxjpq.graph.layers import Selection
 
     compressed, report = compress_model(minilm_model, OpqConfig(bits=8), Selection(embeddings=True))
     assert "layers.0.query.weight" in {row["name"] for row in report["layers"]}
@@ -136,9 +137,9 @@ def test_with_embeddings_the_file_shrinks_and_cosine_holds(minilm_model, minilm_
 @pytest.mark.slow
 @pytest.mark.real
 def test_rate_6_with_calibration_sentences_keeps_cosine_099(minilm_model, tmp_path):
-    from onnxjpq.budget import compress_calibrated
-    from onnxjpq.compress import OutputConfig
-    from onnxjpq.layers import Selection
+    from onnxjpq.workflows.calibrated import compress_calibrated
+    from onnxjpq.pipeline.compress import OutputConfig
+    from onnxjpq.graph.layers import Selection
     from onnxjpq.methods.annc import AnncConfig
 
     calib_path = minilm.write_sentences_npz(tmp_path / "calib.npz", minilm.calibration_sentences())

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..errors import ModelError
-from ..io import with_weights  # noqa: F401  (re-exported: the fine-tuning writes weights back with it)
+from ..graph.io import with_weights  # noqa: F401  (re-exported: the fine-tuning writes weights back with it)
 from .ops import OPS
 
 

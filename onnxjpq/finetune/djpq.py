@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from ..plan import CompressionPlan, LayerPlan
+from ..core.plan import CompressionPlan, LayerPlan
 
 ALPHA_THRESHOLD = 1e-3
 GATE_TEMPERATURE = 4.0  # of the surrogate σ((ln α − ln α_th)/T): the paper gives none; at 0.5 the

@@ -9,13 +9,14 @@ import numpy as np
 import onnx
 import torch
 
-from ..compress import _SELECTED_OUT, OutputConfig, apply_plan, find_model_layers, plan_model
+from ..pipeline.compress import _SELECTED_OUT, OutputConfig, apply_plan, find_model_layers, plan_model
 from ..errors import OptionError
-from ..layers import Selection
-from ..validate import Dataset, accuracy, predict, session
+from ..graph.layers import Selection
+from ..runtime.data import Dataset
+from ..runtime.sessions import accuracy, predict, session
 from .bridge import OnnxModule, TorchModel, with_weights
-from ..layers import kept_names
-from ..macs import layer_macs, tensor_shapes
+from ..graph.layers import kept_names
+from ..graph.macs import layer_macs, tensor_shapes
 from .admm import AdmmConfig, AdmmState, project
 from .djpq import DjpqConfig, DjpqState
 from .masked import masked_quantizer

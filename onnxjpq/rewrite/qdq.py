@@ -22,10 +22,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..layers import WeightLayer, all_graphs
-from ..plan import LayerPlan
-from ..io import proto_graphs
-from ..quant import container_for
+from ..graph.layers import WeightLayer, all_graphs
+from ..core.plan import LayerPlan
+from ..graph.io import proto_graphs
+from ..core.quant import container_for
 from . import layer_codes
 
 _NUMPY_TYPES = {"int4": np.dtype(np.int8), "int8": np.dtype(np.int8), "int16": np.dtype(np.int16)}

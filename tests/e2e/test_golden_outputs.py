@@ -5,7 +5,6 @@ commit before the layered layout (3a37da3)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import onnx

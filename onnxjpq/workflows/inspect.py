@@ -7,10 +7,10 @@ import os
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .errors import ModelError
-from .io import load_model
-from .layers import Selection, find_layers, kept_names
-from .stats import laplace_fit
+from ..errors import ModelError
+from ..graph.io import load_model
+from ..graph.layers import Selection, find_layers, kept_names
+from ..core.stats import laplace_fit
 
 
 def inspect_file(path: str | os.PathLike, selection: Selection = Selection()) -> dict:

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .errors import DataError, ModelError, OptionError, ValidationError
-from .io import file_bytes
+from ..errors import DataError, ModelError, OptionError, ValidationError
+from ..graph.io import file_bytes
 
 
 # ---------------------------------------------------------------- pure metrics
@@ -247,7 +247,8 @@ def stored_totals(path: str | os.PathLike) -> dict | None:
 def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalConfig = EvalConfig(),
                    progress=None) -> dict:
     """Compare CAND with REF on `data` (an .npz or a `module:function`); the figures as a dict."""
-    from .validate import median_latency_ms, open_batches, open_session
+    from ..runtime.data import open_batches
+    from ..runtime.sessions import median_latency_ms, open_session
 
     ref_sess, cand_sess = open_session(ref_path, config.threads), open_session(cand_path, config.threads)
     ref_inputs, cand_inputs = ([i.name for i in s.get_inputs()] for s in (ref_sess, cand_sess))

@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from .errors import OptionError
+from ..errors import OptionError
 
 RANK_BY = ("snr", "drop")
 
@@ -33,7 +33,7 @@ class SensitivityConfig:
     threads: int = 0
 
     def __post_init__(self):
-        from .methods.opq import OpqConfig
+        from ..methods.opq import OpqConfig
 
         OpqConfig(prune=self.prune, bits=self.bits)  # checks the ranges
         if self.rank_by not in RANK_BY:
@@ -63,11 +63,11 @@ def rank_layers(rows: list[dict], rank_by: str, metric: str) -> list[dict]:
 
 
 def _one_layer(model, layer, total: int, config: SensitivityConfig, ref, batches) -> tuple[dict, float | None]:
-    from .compress import OutputConfig, compress_model
+    from ..pipeline.compress import OutputConfig, compress_model
     from .evaluate import compare
-    from .layers import Selection
-    from .methods.opq import OpqConfig
-    from .validate import session
+    from ..graph.layers import Selection
+    from ..methods.opq import OpqConfig
+    from ..runtime.sessions import session
 
     selection = Selection(include=(glob.escape(layer.name),), keep=(), min_params=config.min_params)
     out, report = compress_model(model, OpqConfig(prune=config.prune, bits=config.bits), selection,
@@ -86,10 +86,11 @@ def _one_layer(model, layer, total: int, config: SensitivityConfig, ref, batches
 def measure_sensitivity(src: str | os.PathLike, data: str | os.PathLike,
                         config: SensitivityConfig = SensitivityConfig(), progress=None) -> dict:
     """Compress each layer of SRC alone and measure it against SRC on `data`; the ranked rows."""
-    from .compress import find_model_layers
-    from .io import load_model
-    from .layers import Selection
-    from .validate import open_batches, open_session
+    from ..pipeline.compress import find_model_layers
+    from ..graph.io import load_model
+    from ..graph.layers import Selection
+    from ..runtime.data import open_batches
+    from ..runtime.sessions import open_session
 
     ref = open_session(src, config.threads)
     model = load_model(src)

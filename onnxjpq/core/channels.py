@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import OptionError
+from ..errors import OptionError
 from .plan import CompressionPlan
 from .quant import to_channels
 

@@ -13,7 +13,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .validate import Dataset, run_samples, session
+from ..runtime.data import Dataset
+
+from ..runtime.sessions import run_samples, session
 
 NOISE = 1e-2
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx
 from onnx import version_converter
 
-from .errors import ModelError
+from ..errors import ModelError
 from .io import proto_graphs
 
 ORT_MIN_OPSET = 7  # onnxruntime runs ai.onnx opset 7 and newer

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from .errors import OptionError
+from ..errors import OptionError
 
 DPI = 130
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .quant import blockable, blocks, code_width, dequantize, flat_range, to_channels
-from .stats import pairwise_sum
+from ..core.quant import blockable, blocks, code_width, dequantize, flat_range, to_channels
+from ..core.stats import pairwise_sum
 
 
 @dataclass(frozen=True)

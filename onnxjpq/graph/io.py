@@ -7,7 +7,7 @@ any tensor data; `load_model_lazy` does the same checks and leaves the
 external data on disk. `save_model` writes atomically: a temporary file in the
 target folder, then `os.replace`, so a failed run never leaves a half-written
 output. `ExternalWriter` writes a large model tensor by tensor (see
-`onnxjpq.stream`).
+`onnxjpq.pipeline.stream`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
-from .errors import ModelError, OptionError, first_line
+from ..errors import ModelError, OptionError, first_line
 
 _PROTOBUF_LIMIT = 2**31 - 1
 _COPY_CHUNK = 64 << 20

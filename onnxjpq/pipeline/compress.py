@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -11,36 +10,33 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from . import __version__
-from .activations import ActivationConfig
-from .channels import normalize, rescale
-from .errors import ModelError, OptionError
-from .io import (check_output_path, file_bytes, load_external, load_model_lazy, proto_graphs, remove_model, save_model,
-                 uses_external_data, write_text_atomic)
-from .layers import Selection, WeightLayer, find_layers, kept_names
-from .macs import layer_macs, tensor_shapes
-from .methods.annc import AnncConfig, solve_annc
-from .methods.opq import OpqConfig, solve_opq
-from .opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, check_supported, default_opset, upgrade
-from .plan import CompressionPlan
-from .quant import CONTAINER_MAX
+from .._version import __version__
+from ..core.channels import normalize, rescale
+from ..errors import ModelError, OptionError
+from ..graph.io import proto_graphs
+from ..graph.layers import Selection, WeightLayer, find_layers, kept_names
+from ..graph.macs import layer_macs, tensor_shapes
+from ..methods.annc import AnncConfig, solve_annc
+from ..methods.opq import OpqConfig, solve_opq
+from ..graph.opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, default_opset, upgrade
+from ..core.plan import CompressionPlan
+from ..core.quant import CONTAINER_MAX
 from .report import layer_row, report_dict, totals
-from .rewrite import FORMATS, layer_codes
-from .rewrite.dense import apply_float
-from .rewrite.qdq import apply_qdq, pack_int4
-from .rewrite.sparse import to_sparse
-from .stats import laplace_fit
+from ..rewrite import FORMATS, layer_codes
+from ..rewrite.dense import apply_float
+from ..rewrite.qdq import apply_qdq, pack_int4
+from ..rewrite.sparse import to_sparse
+from ..core.stats import laplace_fit
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """How the compressed weights are stored: format qdq|float|sparse, int4 allowed or not;
-    `activations` asks for a full QDQ model with quantized activations (needs calibration data)."""
+    """How the compressed weights are stored: format qdq|float|sparse, int4 allowed or not,
+    and whether the output is checked in onnxruntime."""
 
     format: str = "qdq"
     int4: bool = True
     check_runtime: bool = True
-    activations: ActivationConfig | None = None
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -119,7 +115,7 @@ def _hoist_outer_initializers(out: onnx.ModelProto, original: onnx.ModelProto) -
         sub.initializer.extend(keep)
 
 
-def _export(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: dict) -> onnx.ModelProto:
+def export_graph(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: dict) -> onnx.ModelProto:
     out = gs.export_onnx(graph)
     _hoist_outer_initializers(out, original)
     out.ir_version = max(original.ir_version, INT4_MIN_IR if int4 else 0)
@@ -197,20 +193,23 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
             int4_names += names
         rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values),
                               layer_macs(layer, shapes)))
-    total, metadata = _summary(rows, skipped, plan, selection, output, settings)
-    out = _export(graph, model, int4, metadata)
+    total, metadata = summarize(rows, skipped, plan, selection, output, settings)
+    out = export_graph(graph, model, int4, metadata)
     pack_int4(out, int4_names)
     if output.format == "sparse":
         moved = to_sparse(out, [f"{l.name}_quantized" for l in layers])
         notes.append(f"{len(moved)} of {len(layers)} weights in sparse storage (the others are smaller dense)")
-    _check(out, output.check_runtime)
+    check_output(out, output.check_runtime)
     return out, report_dict(rows, total, skipped, settings)
 
 
-def _summary(rows, skipped, plan: CompressionPlan, selection: Selection, output: OutputConfig,
+def summarize(rows, skipped, plan: CompressionPlan, selection: Selection, output: OutputConfig,
              settings: dict) -> tuple[dict, dict]:
     """Complete `settings` and return the totals and the metadata stored in the output."""
-    settings.update({"selection": asdict(selection), "output": asdict(output), "onnxjpq_version": __version__,
+    # "activations" stays in the stored settings (None: the weight pipeline never quantizes
+    # activations; workflows.activations records its own section) so outputs keep their bytes
+    settings.update({"selection": asdict(selection), "output": asdict(output) | {"activations": None},
+                     "onnxjpq_version": __version__,
                      "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
     total = totals(rows, _float_params(skipped), 0, 0, plan.diagnostics)
     metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
@@ -222,7 +221,7 @@ def _summary(rows, skipped, plan: CompressionPlan, selection: Selection, output:
 _SELECTED_OUT = ("below --min-params", "not matched by --include", "excluded by --exclude")
 
 
-def _check(model: onnx.ModelProto, runtime: bool) -> None:
+def check_output(model: onnx.ModelProto, runtime: bool) -> None:
     """The output must pass onnx.checker and load in onnxruntime: anything else is our bug."""
     if model.ByteSize() < 2**31 - 1:
         onnx.checker.check_model(model)
@@ -230,79 +229,3 @@ def _check(model: onnx.ModelProto, runtime: bool) -> None:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _run(model, config, selection, output, progress, calib):
-    """Dispatch on the config: a plain solve, a calibrated budget, or an accuracy search."""
-    from .search import SearchConfig
-    from .validate import load_dataset, open_session
-
-    def dataset(path):  # one clear error for a model onnxruntime rejects, before any data is read
-        return load_dataset(path, open_session(model))
-
-    if output.activations is not None:
-        if calib is None:
-            raise OptionError("activation quantization needs calibration data (--calib DATA.npz)")
-        if isinstance(config, SearchConfig):
-            raise OptionError("--max-drop searches weight compression only; drop --activations")
-        from .activations import compress_with_activations
-        out, report = compress_with_activations(model, config, selection, output,
-                                                dataset(calib), progress)
-        _check(out, output.check_runtime)
-        return out, report
-    if isinstance(config, SearchConfig):
-        from .search import search_rate
-        if calib is not None:
-            raise OptionError("--max-drop measures on --data; --calib is not used with it")
-        return search_rate(model, config, dataset(config.data_path), selection, output)
-    if calib is not None:
-        if not isinstance(config, AnncConfig):
-            raise OptionError("calibration data is used by the budget mode: give a rate or a size")
-        from .budget import compress_calibrated
-        return compress_calibrated(model, config, selection, output, dataset(calib), progress)
-    return compress_model(model, config, selection, output, progress)
-
-
-def streamable(model: onnx.ModelProto, config, output: OutputConfig, calib) -> bool:
-    """Whether `compress_file` takes the streaming path: the model (loaded without its
-    external data) keeps tensors in external data, and the settings are a plain OPQ
-    solve (Laplace ratios) written as qdq or float, without calibration data."""
-    return (type(config) is OpqConfig and config.prune_mode == "laplace" and calib is None
-            and output.format in ("qdq", "float") and output.activations is None
-            and uses_external_data(model))
-
-
-def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
-                  config: OpqConfig | AnncConfig = OpqConfig(),
-                  selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
-                  report_path: str | os.PathLike | None = None, progress=None,
-                  calib: str | os.PathLike | None = None) -> dict:
-    """Compress the ONNX file `src` into `dst` (written atomically); return the report.
-
-    `calib` (an .npz of model inputs) makes the budget mode measure per-layer
-    sensitivity on it (see `onnxjpq.budget`). A model storing its weights as
-    external data is compressed by streaming where the settings allow (see
-    `streamable` and `onnxjpq.stream`), with the same result and peak memory of
-    about one layer plus the codes.
-    """
-    dst = check_output_path(src, dst)
-    if report_path is not None:
-        check_output_path(src, report_path)
-    model = load_model_lazy(src)
-    check_supported(model, str(src), old_opset_ok=True)
-    if streamable(model, config, output, calib):
-        from .stream import compress_streaming
-        report, bytes_out = compress_streaming(model, src, dst, config, selection, output, progress)
-    else:
-        load_external(model, src)
-        out, report = _run(model, config, selection, output, progress, calib)
-        bytes_out = save_model(out, dst)
-    bytes_in = file_bytes(src)
-    report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
-    if report_path is not None:
-        try:
-            write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
-        except BaseException:  # no model without its report: a failed run leaves nothing behind
-            remove_model(dst)
-            raise
-    return report

@@ -44,21 +44,21 @@ import onnxruntime as ort
 from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from .channels import channel_ranges, rescale
-from .compress import _export, _summary, upgrade_for
-from .errors import ModelError, OptionError
-from .io import ExternalWriter, external_span
-from .layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
-from .macs import layer_macs, tensor_shapes
-from .methods.opq import (KeptChannels, OpqConfig, count_at_least, kept_channels, magnitude_mask,
+from ..core.channels import channel_ranges, rescale
+from .compress import export_graph, summarize, upgrade_for
+from ..errors import ModelError, OptionError
+from ..graph.io import ExternalWriter, external_span
+from ..graph.layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
+from ..graph.macs import layer_macs, tensor_shapes
+from ..methods.opq import (KeptChannels, OpqConfig, count_at_least, kept_channels, magnitude_mask,
                           solve_sources)
-from .plan import CompressionPlan, LayerPlan
-from .quant import blockable, blockwise
+from ..core.plan import CompressionPlan, LayerPlan
+from ..core.quant import blockable, blockwise
 from .report import layer_row, report_dict
-from .rewrite import layer_codes
-from .rewrite.dense import apply_float
-from .rewrite.qdq import apply_qdq, pack_int4
-from .stats import laplace_fit, laplace_scale
+from ..rewrite import layer_codes
+from ..rewrite.dense import apply_float
+from ..rewrite.qdq import apply_qdq, pack_int4
+from ..core.stats import laplace_fit, laplace_scale
 
 __all__ = ["MappedValues", "compress_streaming", "map_external", "plan_streaming", "scan"]
 
@@ -126,7 +126,7 @@ def _divide(w: np.ndarray, ranges: np.ndarray) -> np.ndarray:
 class _Source:
     """One layer as the solver sees it (an `opq.LayerSource`): values read on demand,
     divided by the channel ranges when the layer gets per-channel steps
-    (`onnxjpq.channels.normalize`); every read releases its pages. `scan` sets
+    (`onnxjpq.core.channels.normalize`); every read releases its pages. `scan` sets
     `ranges` and `scale`; `kept` records the prune count, and each channel's kept
     count and kept max |w| in real units (for the layer's largest code)."""
 
@@ -317,8 +317,8 @@ def compress_streaming(model: onnx.ModelProto, src, dst, config: OpqConfig, sele
     with ExternalWriter(dst) as writer:
         rows, zero_points, packed = _rewrite(graph, progress(layers) if progress else layers, new_sources,
                                              plan, output, int4, writer, tensor_shapes(model))
-        total, metadata = _summary(rows, skipped, plan, selection, output, settings)
-        out = _export(graph, model, int4, metadata)
+        total, metadata = summarize(rows, skipped, plan, selection, output, settings)
+        out = export_graph(graph, model, int4, metadata)
         _retype_int4(out, packed)
         pack_int4(out, zero_points)
         _check(writer.finish(out, base), output.check_runtime)

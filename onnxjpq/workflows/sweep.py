@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError, OptionError
+from ..errors import ModelError, OptionError
 
 COLUMNS = ("prune", "bits", "prune_ratio", "avg_bits", "rate", "storage_rate", "bytes", "accuracy",
            "agreement", "snr_db", "model")
@@ -46,7 +46,7 @@ class SweepConfig:
     plot_drop: float = 1.0
 
     def __post_init__(self):
-        from .methods.opq import OpqConfig
+        from ..methods.opq import OpqConfig
 
         if not self.prunes or not self.bits:
             raise OptionError("the sweep needs at least one prune ratio and one bit-width")
@@ -130,8 +130,9 @@ def run_point(task: PointTask) -> dict:
     """Compress SRC at one grid point and measure it against SRC; the row and its per-layer report."""
     from .compress import compress_file
     from .evaluate import compare
-    from .methods.opq import OpqConfig
-    from .validate import open_batches, open_session
+    from ..methods.opq import OpqConfig
+    from ..runtime.data import open_batches
+    from ..runtime.sessions import open_session
 
     report_path = Path(task.dst).with_suffix(".json")
     report = compress_file(task.src, task.dst, OpqConfig(prune=task.prune, bits=task.bits),
@@ -181,8 +182,9 @@ def _run_all(tasks: list[PointTask], jobs: int, progress) -> list[dict]:
 def sweep(src: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
           config: SweepConfig = SweepConfig(), progress=None) -> dict:
     """Compress and measure every grid point; write sweep.csv and sweep.json into `out_dir`."""
-    from .io import file_bytes
-    from .validate import open_batches, open_session
+    from ..graph.io import file_bytes
+    from ..runtime.data import open_batches
+    from ..runtime.sessions import open_session
 
     src, out = Path(src), Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -213,7 +215,7 @@ def sweep(src: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.Pat
 def write_tables(summary: dict, out: Path) -> None:
     """sweep.csv (one row per point) and sweep.json (the rows, fp32's figures, the Pareto front)."""
     from .evaluate import to_json
-    from .io import write_text_atomic
+    from ..graph.io import write_text_atomic
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")

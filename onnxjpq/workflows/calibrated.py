@@ -16,10 +16,11 @@ from dataclasses import replace
 import onnx
 
 from .calibration import layer_sensitivity, relative_output_error
-from .compress import OutputConfig, compress_model, find_model_layers
-from .layers import Selection
-from .methods.annc import AnncConfig
-from .validate import Dataset, session
+from ..pipeline.compress import OutputConfig, compress_model, find_model_layers
+from ..graph.layers import Selection
+from ..methods.annc import AnncConfig
+from ..runtime.data import Dataset
+from ..runtime.sessions import session
 
 
 def compress_calibrated(model: onnx.ModelProto, config: AnncConfig, selection: Selection,

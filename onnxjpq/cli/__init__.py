@@ -16,8 +16,8 @@ from functools import wraps
 
 import click
 
-from . import __version__
-from .errors import OnnxjpqError, first_line
+from .._version import __version__
+from ..errors import OnnxjpqError, first_line
 
 
 def _input_fault(path) -> OnnxjpqError | None:
@@ -25,10 +25,10 @@ def _input_fault(path) -> OnnxjpqError | None:
     uses unknown operators or invalid names, fails onnx.checker, or onnxruntime rejects it."""
     import onnx
 
-    from .errors import ModelError
-    from .io import load_model
-    from .opset import check_supported
-    from .validate import open_session
+    from ..errors import ModelError
+    from ..graph.io import load_model
+    from ..graph.opset import check_supported
+    from ..runtime.sessions import open_session
 
     try:
         model = load_model(path)
@@ -125,8 +125,8 @@ def _with_selection(func):
 
 
 def _selection(include, exclude, keep, min_params, embeddings=False):
-    from .errors import OptionError
-    from .layers import Selection
+    from ..errors import OptionError
+    from ..graph.layers import Selection
     if min_params < 0:
         raise OptionError(f"--min-params must be >= 0, got {min_params}")
     keep = tuple(k for k in _split(keep) if k != "none")
@@ -136,10 +136,10 @@ def _selection(include, exclude, keep, min_params, embeddings=False):
 def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits, pow2,
                    objective, max_drop, data_path):
     """The config of the one mode the options ask for: OPQ, budget, or accuracy search."""
-    from .errors import OptionError
-    from .methods.annc import AnncConfig
-    from .methods.opq import OpqConfig
-    from .search import SearchConfig
+    from ..errors import OptionError
+    from ..methods.annc import AnncConfig
+    from ..methods.opq import OpqConfig
+    from ..workflows.search import SearchConfig
 
     modes = [name for name, given in (("--prune/--bits", prune is not None or bits is not None),
                                       ("--rate/--size-kb", rate is not None or size_kb is not None),
@@ -221,15 +221,16 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     """
     from rich.progress import track
 
-    from .activations import ActivationConfig
-    from .compress import OutputConfig, compress_file
-    from .report import print_report
+    from ..workflows.activations import ActivationConfig
+    from ..pipeline.compress import OutputConfig
+    from ..workflows.compress import compress_file
+    from ..pipeline.report import print_report
 
     config = _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
                             pow2_bits, objective, max_drop, data_path)
     if granularity != "auto":
         if not hasattr(config, "granularity"):
-            from .errors import OptionError
+            from ..errors import OptionError
             raise OptionError("--granularity applies to --prune/--bits and --rate/--size-kb")
         config = replace(config, granularity=granularity)
     selection = _selection(include, exclude, keep, min_params, embeddings)
@@ -237,8 +238,9 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))
     act = (ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq)
            if activations == "int8" else None)
-    report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4, activations=act),
-                           report_path=report_path, progress=None if quiet else progress, calib=calib)
+    report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
+                           report_path=report_path, progress=None if quiet else progress, calib=calib,
+                           activations=act)
     print_report(report, console)
     if "search" in report:
         found = report["search"]
@@ -246,7 +248,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
                       f"{found['metric']} points: storage rate {report['totals']['storage_rate']:.1f}x")
     console.print(f"wrote {dst}")
     if plot_dir:
-        from .plots import plot_layers
+        from ..workflows.plots import plot_layers
         console.print(f"wrote {plot_layers(report, plot_dir)}")
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
@@ -260,7 +262,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
 @_user_errors("src")
 def inspect(src, include, exclude, keep, min_params, embeddings, as_json, quiet):
     """List the compressible weights of SRC with their Laplace fit."""
-    from .inspection import inspect_file, print_inspection
+    from ..workflows.inspect import inspect_file, print_inspection
 
     result = inspect_file(src, _selection(include, exclude, keep, min_params, embeddings))
     if as_json:
@@ -277,7 +279,7 @@ def inspect(src, include, exclude, keep, min_params, embeddings, as_json, quiet)
 @_user_errors()
 def demo(models_dir, out_dir):
     """Compress the bundled digits CNN at a few settings; compare accuracy with onnxruntime."""
-    from .demo import print_demo, run_demo
+    from ..workflows.demo import print_demo, run_demo
 
     print_demo(run_demo(models_dir, out_dir), _console())
 
@@ -318,12 +320,12 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
              batch, optimizer, checkpoint, resume, include, exclude, keep, min_params, embeddings, int4, report_path,
              quiet, as_json):
     """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
-    from .errors import OptionError
-    from .finetune.cli import run_finetune
+    from ..errors import OptionError
+    from ..finetune.cli import run_finetune
 
     if method in ("admm", "djpq"):
-        from .finetune.admm import AdmmConfig
-        from .finetune.djpq import DjpqConfig
+        from ..finetune.admm import AdmmConfig
+        from ..finetune.djpq import DjpqConfig
         if rate is None or prune is not None or bits is not None:
             raise OptionError(f"--method {method} takes --rate, not --prune/--bits")
         config = (AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, rho=rho) if method == "admm"
@@ -352,7 +354,7 @@ def _progress(console, description: str):
 
 def _write_json(text: str, path, near, console) -> None:
     """Write `text` to the file `path`, or to stdout when `path` is '-'."""
-    from .io import check_output_path, write_text_atomic
+    from ..graph.io import check_output_path, write_text_atomic
 
     if str(path) == "-":
         click.echo(text, nl=False)
@@ -384,11 +386,11 @@ def _write_json(text: str, path, near, console) -> None:
 @_user_errors("ref", "cand")
 def eval_command(ref, cand, data, labels_key, json_path, max_drop, batch, threads, runs, warmup, quiet):
     """Compare CAND with REF in onnxruntime: accuracy, top-1 agreement, output SNR, latency, size."""
-    from .evaluate import EvalConfig, check_drop, evaluate_files, print_evaluation, to_json
+    from ..workflows.evaluate import EvalConfig, check_drop, evaluate_files, print_evaluation, to_json
 
     config = EvalConfig(batch=batch, threads=threads, runs=runs, warmup=warmup, labels_key=labels_key)
     if max_drop is not None and not max_drop >= 0:
-        from .errors import OptionError
+        from ..errors import OptionError
         raise OptionError(f"--max-drop must be >= 0 points, got {max_drop}")
     console = _console(quiet)
     result = evaluate_files(ref, cand, data, config, _progress(console, "evaluating"))
@@ -400,7 +402,7 @@ def eval_command(ref, cand, data, labels_key, json_path, max_drop, batch, thread
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
-    from .errors import OptionError
+    from ..errors import OptionError
     try:
         return tuple(float(v) for v in _split((text,)))
     except ValueError:
@@ -429,7 +431,7 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plot_point, plot_drop, plot, quiet,
                   as_json):
     """Compress SRC at every --prune x --bits point, measure each on --data, plot the trade-off."""
-    from .sweep import SweepConfig, default_jobs, parse_point, plot_sweep_files, print_sweep, sweep
+    from ..workflows.sweep import SweepConfig, default_jobs, parse_point, plot_sweep_files, print_sweep, sweep
 
     from pathlib import Path
 
@@ -437,7 +439,7 @@ def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plo
                          jobs=default_jobs() if jobs is None else jobs, batch=batch, labels_key=labels_key,
                          plot_point=parse_point(plot_point) if plot_point else None, plot_drop=plot_drop)
     if plot:
-        from .plots import require_matplotlib
+        from ..workflows.plots import require_matplotlib
         require_matplotlib()
     console = _console(quiet)
     summary = sweep(src, data, out_dir, config, _progress(console, f"{len(config.grid())} points"))
@@ -447,7 +449,7 @@ def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plo
         written += [p.name for p in plot_sweep_files(summary, Path(out_dir))]
     console.print(f"wrote {', '.join(written)} and the models in {out_dir}")
     if as_json:
-        from .evaluate import to_json
+        from ..workflows.evaluate import to_json
         click.echo(to_json(summary), nl=False)
 
 
@@ -470,13 +472,13 @@ def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plo
 def sensitivity_command(src, data, prune, bits, rank_by, min_params, labels_key, batch, json_path, plot_path,
                         quiet):
     """Compress one layer of SRC at a time and rank the layers by the damage each does alone."""
-    from .evaluate import to_json
-    from .sensitivity import SensitivityConfig, measure_sensitivity, print_sensitivity
+    from ..workflows.evaluate import to_json
+    from ..workflows.sensitivity import SensitivityConfig, measure_sensitivity, print_sensitivity
 
     config = SensitivityConfig(prune=prune, bits=bits, rank_by=rank_by, min_params=min_params, batch=batch,
                                labels_key=labels_key)
     if plot_path:
-        from .plots import require_matplotlib
+        from ..workflows.plots import require_matplotlib
         require_matplotlib()
     console = _console(quiet)
     result = measure_sensitivity(src, data, config, _progress(console, "layers"))
@@ -484,7 +486,7 @@ def sensitivity_command(src, data, prune, bits, rank_by, min_params, labels_key,
     if json_path:
         _write_json(to_json(result), json_path, src, console)
     if plot_path:
-        from .plots import plot_sensitivity
+        from ..workflows.plots import plot_sensitivity
         console.print(f"wrote {plot_sensitivity(result, plot_path)}")
 
 

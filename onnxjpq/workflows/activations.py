@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import OptionError
-from .validate import Dataset, fixed_batch, run_samples, session
+from ..errors import OptionError
+from ..runtime.data import Dataset
+from ..runtime.sessions import fixed_batch, run_samples, session
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
 
@@ -259,8 +260,8 @@ def _bisect_float(attempt, ranked: list[str], target: float):
     return (*best, ranked[:hi])
 
 
-def compress_with_activations(model: onnx.ModelProto, weights_config, selection, output, calib: Dataset,
-                              progress=None) -> tuple[onnx.ModelProto, dict]:
+def compress_with_activations(model: onnx.ModelProto, weights_config, selection, output,
+                              config: ActivationConfig, calib: Dataset, progress=None) -> tuple[onnx.ModelProto, dict]:
     """Compress the weights (any method), then quantize the activations on `calib`.
 
     Weights are kept as int8 codes on their own steps: int4 Conv/MatMul kernels
@@ -268,9 +269,9 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     """
     from dataclasses import replace
 
-    from .compress import apply_plan, plan_model
+    from ..pipeline.compress import apply_plan, plan_model
 
-    float_output = replace(output, format="float", int4=False, activations=None)
+    float_output = replace(output, format="float", int4=False)
     plan = plan_model(model, weights_config, selection, float_output)
     compressed, report = apply_plan(model, plan, selection, float_output,
                                     {"method": plan.method, "config": asdict(weights_config), "notes": []},
@@ -279,7 +280,7 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
              for p in plan.layers}
     skipped = {s["name"] for s in report["skipped"]}
     exclude = tuple(n.name for n in _named(compressed).graph.node if skipped & set(n.input))
-    qmodel, info = quantize_activations(compressed, steps, calib, output.activations, exclude)
+    qmodel, info = quantize_activations(compressed, steps, calib, config, exclude)
     for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(qmodel, key, getattr(compressed, key))
     del qmodel.metadata_props[:]
@@ -293,11 +294,11 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
         total["bops"] = sum(row["bops"] for row in report["layers"] if row["bops"] is not None)
         total["bops_ratio"] = 1024 * total["macs"] / total["bops"]
     report["settings"]["activations"] = info
-    if info["output_snr_db"] < output.activations.min_snr_db:
+    if info["output_snr_db"] < config.min_snr_db:
         report["settings"]["notes"].append(
-            f"activation SNR target {output.activations.min_snr_db:g} dB not reached even with every "
+            f"activation SNR target {config.min_snr_db:g} dB not reached even with every "
             "activation in float")
     elif info["kept_float"]:
         report["settings"]["notes"].append(f"{len(info['kept_float'])} activations kept in float to reach "
-                                           f"{output.activations.min_snr_db:g} dB")
+                                           f"{config.min_snr_db:g} dB")
     return qmodel, report

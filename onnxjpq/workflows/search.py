@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .compress import OutputConfig, compress_model
-from .errors import OptionError, ValidationError
-from .layers import Selection
-from .methods.annc import AnncConfig
-from .validate import Dataset, accuracy, predict, session
+from ..pipeline.compress import OutputConfig, compress_model
+from ..errors import OptionError, ValidationError
+from ..graph.layers import Selection
+from ..methods.annc import AnncConfig
+from ..runtime.data import Dataset
+from ..runtime.sessions import accuracy, predict, session
 
 
 @dataclass(frozen=True)

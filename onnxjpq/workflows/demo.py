@@ -6,10 +6,11 @@ import tempfile
 from pathlib import Path
 
 from .compress import compress_file
-from .errors import ModelError
-from .methods.annc import AnncConfig
-from .methods.opq import OpqConfig
-from .validate import accuracy, load_dataset, predict, session
+from ..errors import ModelError
+from ..methods.annc import AnncConfig
+from ..methods.opq import OpqConfig
+from ..runtime.data import load_dataset
+from ..runtime.sessions import accuracy, predict, session
 
 DEMO_SETTINGS = (
     ("--prune 0.5 --bits 4", OpqConfig(prune=0.5, bits=4.0)),

@@ -1,0 +1,1 @@
+"""Pure numpy math: quantization, statistics, storage accounting, the plan (no onnx, no torch)."""
