@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from functools import wraps
 
 import click
@@ -134,7 +133,7 @@ def _selection(include, exclude, keep, min_params, embeddings=False):
 
 
 def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits, pow2,
-                   objective, max_drop, data_path):
+                   objective, max_drop, data_path, granularity="auto"):
     """The config of the one mode the options ask for: OPQ, budget, or accuracy search."""
     from ..errors import OptionError
     from ..methods.annc import AnncConfig
@@ -149,12 +148,14 @@ def _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_b
     if (max_drop is None) != (data_path is None):
         raise OptionError("--max-drop and --data go together")
     if max_drop is not None:
-        return SearchConfig(max_drop=max_drop, data_path=data_path)
+        budget = AnncConfig(rate=4.0, min_bits=min_bits, max_bits=max_bits, pow2=pow2, objective=objective,
+                            granularity=granularity)
+        return SearchConfig(max_drop=max_drop, data_path=data_path, budget=budget)
     if rate is not None or size_kb is not None:
         return AnncConfig(rate=rate, size_kb=size_kb, min_bits=min_bits, max_bits=max_bits, pow2=pow2,
-                          objective=objective)
+                          objective=objective, granularity=granularity)
     return OpqConfig(prune=0.0 if prune is None else prune, bits=8.0 if bits is None else bits,
-                     prune_mode=prune_mode, keep_survivors=keep_survivors)
+                     prune_mode=prune_mode, keep_survivors=keep_survivors, granularity=granularity)
 
 
 @main.command()
@@ -227,12 +228,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     from ..pipeline.report import print_report
 
     config = _method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
-                            pow2_bits, objective, max_drop, data_path)
-    if granularity != "auto":
-        if not hasattr(config, "granularity"):
-            from ..errors import OptionError
-            raise OptionError("--granularity applies to --prune/--bits and --rate/--size-kb")
-        config = replace(config, granularity=granularity)
+                            pow2_bits, objective, max_drop, data_path, granularity)
     selection = _selection(include, exclude, keep, min_params, embeddings)
     console = _console(quiet)
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))

@@ -31,7 +31,7 @@ from ..core.channels import check_granularity
 from ..errors import OptionError
 from ..core.plan import CompressionPlan, LayerPlan, WeightArray
 from ..core.quant import quantize_codes, to_channels
-from ..pipeline.report import storage_bits
+from ..core.storage import storage_bits
 from .opq import magnitude_mask
 
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)

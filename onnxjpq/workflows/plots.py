@@ -93,9 +93,7 @@ def plot_layers(report: dict, path: str | os.PathLike, title: str | None = None)
 
 
 def plot_sweep(summary: dict, path: str | os.PathLike, highlight: dict | None = None) -> Path:
-    """The sweep's metric against rate (log axis): every point, the Pareto front, and fp32."""
-    from .sweep import pareto_front
-
+    """The sweep's metric against rate (log axis): every point, the summary's Pareto front, and fp32."""
     metric, rows, ref = summary["metric"], summary["points"], summary["reference"]
     fig, (ax,) = _figure(7.5, 5.0)
     rates, scores = [r["rate"] for r in rows], [r[metric] for r in rows]
@@ -103,8 +101,9 @@ def plot_sweep(summary: dict, path: str | os.PathLike, highlight: dict | None = 
     for r in rows:
         ax.annotate(f"p{r['prune']:g} b{r['bits']:g}", (r["rate"], r[metric]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
-    front = pareto_front(rates, scores)
-    ax.plot([rates[i] for i in front], [scores[i] for i in front], color="tab:red", marker="o", zorder=2,
+    on_front = {tuple(point) for point in summary["pareto"]}
+    front = sorted((r for r in rows if (r["prune"], r["bits"]) in on_front), key=lambda r: r["rate"])
+    ax.plot([r["rate"] for r in front], [r[metric] for r in front], color="tab:red", marker="o", zorder=2,
             label="Pareto front")
     ax.axhline(ref[metric], color="black", linestyle="--", linewidth=1, label=f"fp32 ({ref[metric]:.2f} %)")
     if highlight is not None:

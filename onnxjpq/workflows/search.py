@@ -10,7 +10,7 @@ failure; every evaluation is recorded in the report.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -25,13 +25,17 @@ from ..runtime.sessions import accuracy, predict, session
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Find the highest rate losing at most `max_drop` points on the data in `data_path`."""
+    """Find the highest rate losing at most `max_drop` points on the data in `data_path`.
+
+    `budget` carries every other budget option (bits bounds, objective, granularity);
+    the search only changes its rate."""
 
     max_drop: float  # accuracy points (or agreement points without labels)
     data_path: str = ""
     start_rate: float = 4.0
     max_rate: float = 512.0
     bisections: int = 5
+    budget: AnncConfig = field(default_factory=lambda: AnncConfig(rate=4.0))
 
     def __post_init__(self):
         if not self.max_drop >= 0:
@@ -48,7 +52,7 @@ def _score(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None)
 
 def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
                 selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
-                base: AnncConfig = AnncConfig(rate=4.0), progress=None) -> tuple[onnx.ModelProto, dict]:
+                progress=None) -> tuple[onnx.ModelProto, dict]:
     """Compress at the highest rate whose measured drop is within `search.max_drop`."""
     ref_logits = predict(session(model), data)
     ref_score = _score(ref_logits, ref_logits, data.labels)
@@ -56,7 +60,7 @@ def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
 
     def evaluate(rate: float) -> bool:
         nonlocal best
-        config = AnncConfig(rate=rate, min_bits=base.min_bits, max_bits=base.max_bits, pow2=base.pow2)
+        config = replace(search.budget, rate=rate, size_kb=None)
         try:
             out, report = compress_model(model, config, selection, output)
         except OptionError:  # the budget is out of reach: as good as a failure

@@ -23,7 +23,7 @@ from onnxjpq.testing import make_model  # noqa: E402
 from onnxjpq.runtime.data import load_dataset  # noqa: E402
 from onnxjpq.runtime.sessions import accuracy, predict, session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet300"])

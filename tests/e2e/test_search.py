@@ -14,7 +14,7 @@ from onnxjpq.workflows.search import SearchConfig, search_rate
 from onnxjpq.runtime.data import Dataset, load_dataset
 from onnxjpq.runtime.sessions import predict, session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from onnxjpq.workflows.compress import streamable
 from onnxjpq.graph.io import load_model_lazy
 from onnxjpq.testing import laplace, run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FEEDS = {"x": np.linspace(-1, 1, 128, dtype=np.float32).reshape(2, 64)}
 
 
@@ -236,7 +236,8 @@ def _whole_codes(w, mask, step, keep_survivors, max_code):
 def test_blocked_codes_error_and_fit_equal_the_whole_array_ones(shape, axis):
     from onnxjpq.core.plan import LayerPlan
     from onnxjpq.core.quant import dequantize, quantize_codes
-    from onnxjpq.pipeline.report import index_bits, layer_row
+    from onnxjpq.core.storage import index_bits
+    from onnxjpq.pipeline.report import layer_row
     from onnxjpq.core.stats import laplace_fit
 
     rng = np.random.default_rng(len(shape) + (axis or 0))

@@ -15,7 +15,7 @@ from onnxjpq.graph.io import load_model
 from onnxjpq.runtime.data import load_dataset
 from onnxjpq.runtime.sessions import accuracy, predict, session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.fixture(scope="module")

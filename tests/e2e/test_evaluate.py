@@ -19,7 +19,7 @@ from onnxjpq.graph.io import file_bytes
 from onnxjpq.runtime.data import load_dataset, open_batches
 from onnxjpq.runtime.sessions import session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 LENET5, TEST = MODELS / "lenet5.onnx", MODELS / "lenet5_test.npz"
 
 

@@ -11,13 +11,13 @@ from onnxjpq import OptionError, Selection
 from onnxjpq.pipeline.compress import compress_model
 from onnxjpq.graph.io import load_model
 from onnxjpq.methods.annc import (AnncConfig, allocate, index_cost, layer_options, solve_annc)
-from onnxjpq.pipeline.report import index_bits
+from onnxjpq.core.storage import index_bits
 from onnxjpq.testing import laplace
 from onnxjpq.runtime.data import load_dataset
 from onnxjpq.runtime.sessions import accuracy, predict, session
 
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 class _Layer:

@@ -15,7 +15,7 @@ from onnxjpq.graph.io import load_model
 from onnxjpq.workflows.sensitivity import SensitivityConfig, measure_sensitivity, rank_layers
 from onnxjpq.runtime.sessions import session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def test_rank_layers_puts_the_most_harmful_first():

@@ -14,7 +14,7 @@ from onnxjpq.workflows.plots import plot_layers
 from onnxjpq.workflows.sweep import SweepConfig, choose_point, pareto_front, plot_sweep_files, sweep
 from onnxjpq.runtime.sessions import session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 LENET5, TEST = MODELS / "lenet5.onnx", MODELS / "lenet5_test.npz"
 MIN_PNG_BYTES = 5_000
 
