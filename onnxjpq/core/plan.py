@@ -19,6 +19,7 @@ class WeightArray(Protocol):
     values: np.ndarray
     axis: int | None
     groups: int
+    extra_param_bits: int  # bits of per-channel steps beyond the layer's one (core.channels)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class _Snapshot:
     values: np.ndarray
     axis: int | None
     groups: int
+    extra_param_bits: int = 0
 
 
 def project(layers, arrays: dict[str, np.ndarray], rate: float, fixed: frozenset[str],

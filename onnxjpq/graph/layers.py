@@ -15,6 +15,8 @@ Inf are left as they are.
 
 from __future__ import annotations
 
+import math
+
 import fnmatch
 from dataclasses import dataclass, field
 
@@ -62,6 +64,7 @@ class WeightLayer:
     producer: gs.Node | None = None  # the Constant node holding it, if any
     home: gs.Graph | None = None  # the (sub)graph where a DequantizeLinear for it belongs
     chain: tuple[gs.Node, ...] = ()  # Transpose/Reshape/Cast nodes from the stored tensor to `uses`
+    extra_param_bits: int = 0  # one step for the layer (core.channels.normalize adds per-channel ones)
 
     @property
     def node_names(self) -> list[str]:
@@ -70,10 +73,14 @@ class WeightLayer:
 
 @dataclass(frozen=True)
 class Skipped:
+    """A weight left as it is, and why. `selected_out`: the selection left it in float
+    (size, include or exclude), so it counts at 32 bits in the reported rates."""
+
     name: str
     op: str
     shape: tuple[int, ...]
     reason: str
+    selected_out: bool = False
 
 
 def _weight_constant(tensor) -> tuple[gs.Constant, gs.Node | None] | None:
@@ -387,24 +394,35 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
                 reason = (f"its output channels cannot be traced through "
                           f"{'/'.join(dict.fromkeys(n.op for n in source.chain))} (left in float)")
         if reason is None and not selection.embeddings and all(slot[2].embedding for slot in slots):
-            reason = "embedding table (--embeddings compresses it)"
-        if reason is None and int(np.prod(shape)) < selection.min_params:
-            reason = f"{int(np.prod(shape))} params, below --min-params {selection.min_params}"
-        if reason is None and selection.include and not _matches(selection.include, names):
-            reason = "not matched by --include"
-        if reason is None and _matches(selection.exclude, names):
-            reason = "excluded by --exclude"
+            reason = "embedding table (compressed when embeddings are selected)"
+        selected_out = reason is None and _selected_out(selection, names, shape)
+        reason = _selection_refusal(selection, names, shape) if selected_out else reason
         values = np.asarray(source.constant.values, dtype=np.float32) if reason is None else None
         if values is not None and not np.isfinite(values).all():
             bad = int(values.size - np.count_nonzero(np.isfinite(values)))
             reason = f"{bad} of {values.size} values are NaN or Inf (left as they are)"
         if reason is not None:
-            skipped.append(Skipped(name, op, shape, reason))
+            skipped.append(Skipped(name, op, shape, reason, selected_out))
             continue
         layers.append(WeightLayer(name, op, values, axis, groups, source.constant,
                                   [(node, index) for node, index, *_ in slots], source.producer,
                                   _home(graph, source, slots), source.chain))
     return layers, skipped
+
+
+def _selection_refusal(selection: Selection, names: list[str], shape: tuple[int, ...]) -> str | None:
+    """Why `selection` leaves this weight in float, or None."""
+    if math.prod(shape) < selection.min_params:
+        return f"{math.prod(shape)} params, below the minimum of {selection.min_params}"
+    if selection.include and not _matches(selection.include, names):
+        return "not matched by the include patterns"
+    if _matches(selection.exclude, names):
+        return "excluded by the exclude patterns"
+    return None
+
+
+def _selected_out(selection: Selection, names: list[str], shape: tuple[int, ...]) -> bool:
+    return _selection_refusal(selection, names, shape) is not None
 
 
 def _slot_rank(source: _Source, slots: list) -> int:

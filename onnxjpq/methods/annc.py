@@ -243,8 +243,7 @@ def _fixed_plan(layer: WeightArray) -> LayerPlan:
 
 
 def _storage_cost(layer: WeightArray, plan: LayerPlan) -> float:
-    extra = getattr(layer, "extra_param_bits", 0)  # per-channel steps (see onnxjpq.core.channels)
-    return float(sum(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups))) + extra
+    return float(sum(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups))) + layer.extra_param_bits
 
 
 def _bops_cost(macs: int, plan: LayerPlan, layer: WeightArray) -> float:
@@ -300,7 +299,7 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
 def _options(layer: WeightArray, config: AnncConfig, macs: int | None) -> LayerOptions:
     n_channels = to_channels(layer.values, layer.axis, layer.groups).shape[0]
     options = layer_options(layer.values, n_channels, config.sparsities(), config.bit_choices())
-    options = replace(options, cost=options.cost + getattr(layer, "extra_param_bits", 0))
+    options = replace(options, cost=options.cost + layer.extra_param_bits)
     if macs is None:
         return options
     return replace(options, cost=macs * (1 - options.sparsity) * options.bits * ACTIVATION_BITS)

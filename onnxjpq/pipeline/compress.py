@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -152,11 +153,12 @@ def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection
     """Solve the masks and steps of a loaded model's weights (nothing is rewritten)."""
     _, layers, skipped = _find(model, selection)
     fixed = kept_names(layers, selection, budget=isinstance(config, AnncConfig))
-    return _solve(model, layers, config, fixed, _float_params(skipped), output, sensitivity)
+    return _solve(model, layers, config, fixed, float_params(skipped), output, sensitivity)
 
 
-def _float_params(skipped) -> int:
-    return sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
+def float_params(skipped) -> int:
+    """Weights the selection left in float: they count at 32 bits in the rates."""
+    return sum(math.prod(s.shape) for s in skipped if s.selected_out)
 
 
 def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqConfig(),
@@ -183,21 +185,23 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
     model, int4 = _prepare_opset(model, plan, layers, output, notes)
     graph, layers, skipped = _find(model, selection)  # re-read: the opset upgrade made a new graph
     plans, shapes = plan.by_name(), tensor_shapes(model)
-    rows, int4_names = [], []
+    rows, int4_names, code_names = [], [], []
     for layer in (progress(layers) if progress else layers):
         p = plans[layer.name]
         if output.format == "float":
             container = apply_float(layer, p)
         else:
-            container, names = apply_qdq(graph, layer, p, allow_int4=int4)
-            int4_names += names
+            stored = apply_qdq(graph, layer, p, allow_int4=int4)
+            container = stored.container
+            int4_names += stored.int4_names
+            code_names.append(stored.quantized.name)
         rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values),
                               layer_macs(layer, shapes)))
     total, metadata = summarize(rows, skipped, plan, selection, output, settings)
     out = export_graph(graph, model, int4, metadata)
     pack_int4(out, int4_names)
     if output.format == "sparse":
-        moved = to_sparse(out, [f"{l.name}_quantized" for l in layers])
+        moved = to_sparse(out, code_names)
         notes.append(f"{len(moved)} of {len(layers)} weights in sparse storage (the others are smaller dense)")
     check_output(out, output.check_runtime)
     return out, report_dict(rows, total, skipped, settings)
@@ -211,14 +215,11 @@ def summarize(rows, skipped, plan: CompressionPlan, selection: Selection, output
     settings.update({"selection": asdict(selection), "output": asdict(output) | {"activations": None},
                      "onnxjpq_version": __version__,
                      "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
-    total = totals(rows, _float_params(skipped), 0, 0, plan.diagnostics)
+    total = totals(rows, float_params(skipped), 0, 0, plan.diagnostics)
     metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
                 "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
                                               if not k.startswith(("bytes", "file"))}, sort_keys=True)}
     return total, metadata
-
-
-_SELECTED_OUT = ("below --min-params", "not matched by --include", "excluded by --exclude")
 
 
 def check_output(model: onnx.ModelProto, runtime: bool) -> None:

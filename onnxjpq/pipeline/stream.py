@@ -266,15 +266,12 @@ def _rewrite(graph, layers, sources, plan, output, int4, writer, shapes):
             codes = layer_codes(layer, p)
             _spill(writer, layer.constant)
         else:
-            container, names = apply_qdq(graph, layer, p, allow_int4=int4)
-            dq = (layer.home or graph).nodes[0]  # apply_qdq puts its DequantizeLinear first
-            assert dq.op == "DequantizeLinear", dq.op
-            quantized = dq.inputs[0]
-            codes = quantized.values
+            stored = apply_qdq(graph, layer, p, allow_int4=int4)
+            container, codes = stored.container, stored.quantized.values
             if container == "int4":
-                zero_points.append(names[1])
-                packed.add(quantized.name)
-            _spill(writer, quantized, int4=container == "int4")
+                zero_points.append(stored.zero_point.name)
+                packed.add(stored.quantized.name)
+            _spill(writer, stored.quantized, int4=container == "int4")
         rows.append(layer_row(layer, p, codes, container, laplace_fit(layer.values), layer_macs(layer, shapes)))
         del p, codes
         layer.values = placeholder

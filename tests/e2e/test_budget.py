@@ -23,6 +23,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 class _Layer:
     def __init__(self, name, values):
         self.name, self.values, self.axis, self.groups = name, values, 0, 1
+        self.extra_param_bits = 0
 
 
 def _layers(seed=0):

@@ -22,7 +22,7 @@ def _model():
 def test_an_embedding_table_is_skipped_with_a_reason_by_default():
     layers, skipped = find_model_layers(_model(), Selection(min_params=0))
     assert [l.name for l in layers] == ["W"]
-    assert skipped[0].name == "table" and "--embeddings" in skipped[0].reason
+    assert skipped[0].name == "table" and "embeddings are selected" in skipped[0].reason
 
 
 def test_with_embeddings_the_table_is_compressed_and_the_model_runs():
