@@ -7,11 +7,12 @@ ratios between models do not depend on that choice.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import onnx
 
 from .layers import WeightLayer
-from .ops import RECURRENT_OPS
+from .ops import weight_slot
 
 
 def _fixed_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -47,27 +48,26 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 
 def layer_macs(layer: WeightLayer, shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """Dense MACs of all the layer's uses: output elements x weights per output channel
-    (input elements x weights per input channel for ConvTranspose)."""
+    """Dense MACs of all the layer's uses, each counted by its op's rule (`ops.MACS_RULES`)."""
     total = 0
-    for node, _ in layer.uses:
-        if node.op == "Gather":  # a table lookup multiplies nothing
+    for node, index in layer.uses:
+        rule = weight_slot(node.op, index).macs
+        if rule == "none":
             continue
         if not node.outputs:  # a broken graph: MACs unknown
             return None
-        if node.op in RECURRENT_OPS:  # every step multiplies the whole W (or R): Y is [seq, dirs, batch, hidden]
+        if rule == "recurrent":  # Y is [seq, dirs, batch, hidden]
             shape = shapes.get(node.outputs[0].name)
             if shape is None:
                 return None
-            total += int(np.prod(shape)) // (shape[1] * shape[3]) * layer.values.size
+            total += math.prod(shape) // (shape[1] * shape[3]) * layer.values.size
             continue
-        if node.op == "ConvTranspose":
+        if rule == "input":
             shape, per = shapes.get(node.inputs[0].name), layer.values.size / layer.values.shape[0]
         else:
-            channels = (layer.values.shape[layer.axis] * (layer.groups if node.op == "ConvTranspose" else 1)
-                        if layer.axis is not None else 1)
+            channels = layer.values.shape[layer.axis] if layer.axis is not None else 1
             shape, per = shapes.get(node.outputs[0].name), layer.values.size / channels
         if shape is None:
             return None
-        total += int(np.prod(shape)) * per
+        total += math.prod(shape) * per
     return int(total)

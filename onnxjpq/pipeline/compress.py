@@ -16,6 +16,7 @@ from ..core.channels import normalize, rescale
 from ..errors import ModelError, OptionError
 from ..graph.io import proto_graphs
 from ..graph.layers import Selection, WeightLayer, find_layers, kept_names
+from ..graph.ops import weight_ops_text
 from ..graph.macs import layer_macs, tensor_shapes
 from ..methods.annc import AnncConfig, solve_annc
 from ..methods.opq import OpqConfig, solve_opq
@@ -55,8 +56,8 @@ def _find(model: onnx.ModelProto, selection: Selection):
     layers, skipped = find_layers(graph, selection)
     if not layers:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
-        raise ModelError("no compressible layer (Conv, ConvTranspose, Gemm or MatMul with a "
-                         "constant float32 weight)" + (f"; skipped {reasons}" if reasons else ""))
+        raise ModelError(f"no compressible layer ({weight_ops_text()} with a constant float weight)"
+                         + (f"; skipped {reasons}" if reasons else ""))
     return graph, layers, skipped
 
 

@@ -49,6 +49,7 @@ from .compress import export_graph, summarize, upgrade_for
 from ..errors import ModelError, OptionError
 from ..graph.io import ExternalWriter, external_span
 from ..graph.layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
+from ..graph.ops import weight_ops_text
 from ..graph.macs import layer_macs, tensor_shapes
 from ..methods.opq import (KeptChannels, OpqConfig, count_at_least, kept_channels, magnitude_mask,
                           solve_sources)
@@ -224,8 +225,7 @@ def _find(model: onnx.ModelProto, base: Path, selection: Selection, bad: dict[st
     layers = [l for l in found if l.name not in bad]
     skipped += [Skipped(l.name, l.op, tuple(l.values.shape), bad[l.name]) for l in found if l.name in bad]
     if not layers:
-        raise ModelError("no compressible layer (Conv, ConvTranspose, Gemm or MatMul with a "
-                         "constant float32 weight)")
+        raise ModelError(f"no compressible layer ({weight_ops_text()} with a constant float weight)")
     return graph, layers, skipped, [_Source(l, mapped.get(id(l.constant), (None, None))[1]) for l in layers]
 
 

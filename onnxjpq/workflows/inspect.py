@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ModelError
 from ..graph.io import load_model
+from ..graph.ops import weight_ops_text
 from ..graph.layers import Selection, find_layers, kept_names
 from ..core.stats import laplace_fit
 
@@ -18,7 +19,7 @@ def inspect_file(path: str | os.PathLike, selection: Selection = Selection()) ->
     model = load_model(path)
     layers, skipped = find_layers(gs.import_onnx(model), selection)
     if not layers and not skipped:
-        raise ModelError(f"{path}: no Conv, ConvTranspose, Gemm or MatMul with a constant weight")
+        raise ModelError(f"{path}: no {weight_ops_text()} with a constant weight")
     kept = kept_names(layers, selection)
     rows = []
     for layer in layers:
