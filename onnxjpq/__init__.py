@@ -6,7 +6,7 @@ Public API::
     report = compress_file("model.onnx", "model.small.onnx", OpqConfig(prune=0.5, bits=4))
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from onnx_graphsurgeon.logger import G_LOGGER  # noqa: E402
 
@@ -14,12 +14,13 @@ from onnx_graphsurgeon.logger import G_LOGGER  # noqa: E402
 # `colored` module) are noise to users; onnxjpq reports what it skips itself.
 G_LOGGER.severity = G_LOGGER.ERROR
 
-from .compress import OutputConfig, compress_file, compress_model  # noqa: E402
+from .pipeline.compress import OutputConfig, compress_model  # noqa: E402
+from .workflows.compress import compress_file  # noqa: E402
 from .errors import DataError, ModelError, OnnxjpqError, OptionError  # noqa: E402
-from .io import load_model, save_model  # noqa: E402
-from .layers import Selection, find_layers  # noqa: E402
+from .graph.io import load_model, save_model  # noqa: E402
+from .graph.layers import Selection, find_layers  # noqa: E402
 from .methods.opq import OpqConfig, solve_opq  # noqa: E402
-from .plan import CompressionPlan, LayerPlan  # noqa: E402
+from .core.plan import CompressionPlan, LayerPlan  # noqa: E402
 
 __all__ = [
     "CompressionPlan", "DataError", "LayerPlan", "ModelError", "OnnxjpqError", "OpqConfig",

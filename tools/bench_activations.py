@@ -24,8 +24,8 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convnets  # noqa: E402
 
-from onnxjpq import OpqConfig, OutputConfig, compress_file  # noqa: E402
-from onnxjpq.activations import ActivationConfig  # noqa: E402
+from onnxjpq import OpqConfig, compress_file  # noqa: E402
+from onnxjpq.workflows.activations import ActivationConfig  # noqa: E402
 
 
 def median_latency_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
@@ -60,8 +60,8 @@ def main() -> None:
         for name, build in (("resnet18", convnets.resnet18), ("mobilenet_v2", convnets.mobilenet_v2)):
             fp32 = convnets.export(build(), Path(tmp) / f"{name}.onnx")
             int8 = Path(tmp) / f"{name}.int8.onnx"
-            report = compress_file(fp32, int8, OpqConfig(bits=8), output=OutputConfig(
-                activations=ActivationConfig(samples=16)), calib=calib)
+            report = compress_file(fp32, int8, OpqConfig(bits=8), calib=calib,
+                                   activations=ActivationConfig(samples=16))
             act = report["settings"]["activations"]
             base = median_latency_ms(fp32, x, args.threads, args.runs)
             quant = median_latency_ms(int8, x, args.threads, args.runs)

@@ -51,8 +51,9 @@ from onnxruntime.quantization import (
 
 from onnxjpq import OpqConfig, Selection, compress_file
 from onnxjpq.methods.annc import AnncConfig
-from onnxjpq.compress import find_model_layers
-from onnxjpq.validate import accuracy, load_dataset, median_latency_ms, predict, session
+from onnxjpq.pipeline.compress import find_model_layers
+from onnxjpq.runtime.data import load_dataset
+from onnxjpq.runtime.sessions import accuracy, median_latency_ms, predict, session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("lenet5", "lenet300", "minilm", "silero")
@@ -470,7 +471,7 @@ def finetune_markdown() -> str:
     """lenet5 fine-tuned on its training split, evaluated on its test split."""
     from onnxjpq.finetune.run import finetune
     from onnxjpq.finetune.train import TrainConfig
-    from onnxjpq.io import load_model
+    from onnxjpq.graph.io import load_model
 
     src = ROOT / "models" / "lenet5.onnx"
     model = load_model(src)

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxjpq import OpqConfig, Selection, compress_file
-from onnxjpq.io import file_bytes, load_model, proto_graphs, save_model
+from onnxjpq.graph.io import file_bytes, load_model, proto_graphs, save_model
 from onnxjpq.methods.annc import AnncConfig
 from onnxjpq.zoo import silero
 

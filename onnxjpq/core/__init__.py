@@ -1,1 +1,1 @@
-"""Pure numpy: quantization, statistics and layer-input math (no onnx, no torch)."""
+"""Pure numpy math: quantization, statistics, storage accounting, the plan (no onnx, no torch)."""

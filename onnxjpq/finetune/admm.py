@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..channels import normalize, rescale
+from ..core.channels import normalize, rescale
 from ..errors import OptionError
 from ..methods.annc import AnncConfig, solve_annc
-from ..plan import CompressionPlan
-from ..quant import dequantize, quantize_codes
+from ..core.plan import CompressionPlan
+from ..core.quant import dequantize, quantize_codes
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class _Snapshot:
     values: np.ndarray
     axis: int | None
     groups: int
+    extra_param_bits: int = 0
 
 
 def project(layers, arrays: dict[str, np.ndarray], rate: float, fixed: frozenset[str],

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..io import with_weights  # noqa: F401  (re-exported: the fine-tuning writes weights back with it)
+from ..graph.io import with_weights  # noqa: F401  (re-exported: the fine-tuning writes weights back with it)
 from .torchops import compile_graph, model_opset
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..compress import OutputConfig
+from ..pipeline.compress import OutputConfig
 from ..errors import OptionError
-from ..io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
-from ..report import print_report
-from ..validate import load_dataset, open_session
+from ..graph.io import check_output_path, file_bytes, load_model, save_model, write_text_atomic
+from ..pipeline.report import print_report
+from ..runtime.data import load_dataset
+from ..runtime.sessions import open_session
 from .train import TrainConfig
 
 

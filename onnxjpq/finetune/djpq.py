@@ -41,8 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..graph.ops import weight_slot
 from ..errors import OptionError
-from ..plan import CompressionPlan, LayerPlan
+from ..core.plan import CompressionPlan, LayerPlan
 
 ALPHA_THRESHOLD = 1e-3
 GATE_TEMPERATURE = 4.0  # of the surrogate σ((ln α − ln α_th)/T): the paper gives none; at 0.5 the
@@ -157,20 +158,18 @@ class LayerQuantizer(nn.Module):
 
 
 def _bias_names(layer) -> list[str]:
-    """Biases of the layer's Conv/Gemm uses (input 2): gated with the output channels."""
-    return sorted({node.inputs[2].name for node, _ in layer.uses
-                   if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2].name})
+    """Biases of the layer's uses (the op's bias input): gated with the output channels."""
+    names = set()
+    for node, slot in layer.uses:
+        bias = weight_slot(node.op, slot).bias_input
+        if bias is not None and len(node.inputs) > bias and node.inputs[bias].name:
+            names.add(node.inputs[bias].name)
+    return sorted(names)
 
 
 def _input_axis(node, slot: int, ndim: int) -> int | None:
     """The weight axis of a use's input channels (None: no plain channel layout)."""
-    if node.op == "Conv" and slot == 1 and node.attrs.get("group", 1) == 1:
-        return 1
-    if node.op == "Gemm" and slot == 1:
-        return 1 if node.attrs.get("transB", 0) else 0
-    if node.op == "MatMul" and slot == 1 and ndim == 2:
-        return 0
-    return None
+    return weight_slot(node.op, slot).in_axis(node.attrs, ndim)
 
 
 def input_links(layers, axes: dict[str, int | None], shapes: dict[str, tuple[int, ...]]) -> dict[str, InputLink]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..plan import LayerPlan
-from ..quant import quantize_codes
+from ..core.plan import LayerPlan
+from ..core.quant import quantize_codes
 
 
 def channel_limits(codes: np.ndarray, axis: int | None, groups: int = 1) -> np.ndarray:

@@ -9,13 +9,14 @@ import numpy as np
 import onnx
 import torch
 
-from ..compress import _SELECTED_OUT, OutputConfig, apply_plan, find_model_layers, plan_model
+from ..pipeline.compress import OutputConfig, apply_plan, find_model_layers, float_params, plan_model
 from ..errors import OptionError
-from ..layers import Selection
-from ..validate import Dataset, accuracy, predict, session
+from ..graph.layers import Selection
+from ..runtime.data import Dataset
+from ..runtime.sessions import accuracy, predict, session
 from .bridge import OnnxModule, TorchModel, with_weights
-from ..layers import kept_names
-from ..macs import layer_macs, tensor_shapes
+from ..graph.layers import kept_names
+from ..graph.macs import layer_macs, tensor_shapes
 from .admm import AdmmConfig, AdmmState, project
 from .djpq import DjpqConfig, DjpqState
 from .masked import masked_quantizer
@@ -162,9 +163,9 @@ def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, tr
                 on_step, resume_from: dict | None = None):
     """ADMM epochs, then the final projection's plan (for the masked retraining)."""
     fixed = kept_names(layers, selection, budget=True)
-    float_params = sum(int(np.prod(s.shape)) for s in skipped if s.reason.startswith(_SELECTED_OUT))
-    total = sum(l.values.size for l in layers) + float_params
-    state = AdmmState(module, layers, config, fixed, 32.0 * float_params, total)
+    n_float = float_params(skipped)
+    total = sum(l.values.size for l in layers) + n_float
+    state = AdmmState(module, layers, config, fixed, 32.0 * n_float, total)
 
     def end_epoch(epoch: int, entry: dict) -> None:
         state.end_of_epoch(epoch)
@@ -173,7 +174,7 @@ def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, tr
 
     train(module, data, replace(train_config, epochs=config.epochs), teacher, end_epoch, on_step,
           regularizer=state.penalty, resume_from=resume_from, extra=state, tag={"method": "admm", "phase": "admm"})
-    _, plan = project(layers, state.weights(), config.rate, fixed, 32.0 * float_params, total)
+    _, plan = project(layers, state.weights(), config.rate, fixed, 32.0 * n_float, total)
     return plan
 
 

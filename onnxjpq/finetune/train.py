@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OptionError
-from ..validate import Dataset
+from ..runtime.data import Dataset
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..channels import check_granularity
+from ..core.channels import check_granularity
 from ..errors import OptionError
-from ..plan import CompressionPlan, LayerPlan, WeightArray
-from ..quant import quantize_codes, to_channels
-from ..report import storage_bits
+from ..core.plan import CompressionPlan, LayerPlan, WeightArray
+from ..core.quant import quantize_codes, to_channels
+from ..core.storage import storage_bits
 from .opq import magnitude_mask
 
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
@@ -243,8 +243,7 @@ def _fixed_plan(layer: WeightArray) -> LayerPlan:
 
 
 def _storage_cost(layer: WeightArray, plan: LayerPlan) -> float:
-    extra = getattr(layer, "extra_param_bits", 0)  # per-channel steps (see onnxjpq.channels)
-    return float(sum(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups))) + extra
+    return float(sum(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups))) + layer.extra_param_bits
 
 
 def _bops_cost(macs: int, plan: LayerPlan, layer: WeightArray) -> float:
@@ -300,7 +299,7 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
 def _options(layer: WeightArray, config: AnncConfig, macs: int | None) -> LayerOptions:
     n_channels = to_channels(layer.values, layer.axis, layer.groups).shape[0]
     options = layer_options(layer.values, n_channels, config.sparsities(), config.bit_choices())
-    options = replace(options, cost=options.cost + getattr(layer, "extra_param_bits", 0))
+    options = replace(options, cost=options.cost + layer.extra_param_bits)
     if macs is None:
         return options
     return replace(options, cost=macs * (1 - options.sparsity) * options.bits * ACTIVATION_BITS)

@@ -23,7 +23,7 @@ weights, mean ⌈log2(2m_ij+1)⌉, equals B (OPQ's ratios between layers kept).
 The solve needs of each layer only its Laplace scale and, under its mask, the
 channels' kept maxima and counts: `solve_sources` reads them through
 `LayerSource`s, in memory for `solve_opq` (`ArraySource`), from the file one
-layer at a time for onnxjpq.stream.
+layer at a time for onnxjpq.pipeline.stream.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import numpy as np
 from scipy import optimize
 
 from ..errors import OptionError
-from ..plan import CompressionPlan, LayerPlan, WeightArray
-from ..quant import BLOCK, CONTAINER_MAX, blocks, code_width, to_channels
-from ..channels import check_granularity
-from ..stats import laplace_prune_fraction, laplace_scale
+from ..core.plan import CompressionPlan, LayerPlan, WeightArray
+from ..core.quant import BLOCK, CONTAINER_MAX, blocks, code_width, to_channels
+from ..core.channels import check_granularity
+from ..core.stats import laplace_prune_fraction, laplace_scale
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class OpqConfig:
         ratio is exact (a layer nothing was pruned from rounds small weights to 0).
     fit_int4: cap the codes of the largest layers at ±7 so they store as int4;
         the smaller layers take the rest of the bit budget (see `int4_caps`).
-    granularity: "auto", "layer" or "channel" steps (see onnxjpq.channels).
+    granularity: "auto", "layer" or "channel" steps (see onnxjpq.core.channels).
     """
 
     prune: float = 0.0
@@ -186,7 +186,7 @@ class KeptChannels:
     alpha: per channel, the kept maximum |w| (α_ij); count: per channel, the kept
     weights (N̄_ij); below: the weights with |w| <= the Laplace threshold;
     at_least: t ↦ per channel, the kept weights with |w| >= t (float64 compare);
-    mask: the mask itself, or None where the caller rebuilds it (onnxjpq.stream).
+    mask: the mask itself, or None where the caller rebuilds it (onnxjpq.pipeline.stream).
     """
 
     alpha: np.ndarray
@@ -322,7 +322,7 @@ def int4_caps(stats: ChannelStats, layer_max: np.ndarray, sizes: np.ndarray, sol
 
 class LayerSource(Protocol):
     """A layer as `solve_sources` reads it: each method is one read of its weights (the
-    solver-space values, float32). `ArraySource` holds them in memory; onnxjpq.stream
+    solver-space values, float32). `ArraySource` holds them in memory; onnxjpq.pipeline.stream
     reads them from the model's external data, one layer at a time."""
 
     name: str

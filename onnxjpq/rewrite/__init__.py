@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers import WeightLayer
-from ..plan import LayerPlan
-from ..quant import quantize_codes
+from ..graph.layers import WeightLayer
+from ..core.plan import LayerPlan
+from ..core.quant import quantize_codes
 
 FORMATS = ("qdq", "float", "sparse")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers import WeightLayer
-from ..plan import LayerPlan
-from ..quant import dequantize
+from ..graph.layers import WeightLayer
+from ..core.plan import LayerPlan
+from ..core.quant import dequantize
 from . import layer_codes
 
 

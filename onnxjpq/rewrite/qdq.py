@@ -16,27 +16,39 @@ exported model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..layers import WeightLayer, all_graphs
-from ..plan import LayerPlan
-from ..io import proto_graphs
-from ..quant import container_for
+from ..graph.layers import WeightLayer, all_graphs
+from ..core.plan import LayerPlan
+from ..graph.io import proto_graphs
+from ..core.quant import container_for
 from . import layer_codes
 
 _NUMPY_TYPES = {"int4": np.dtype(np.int8), "int8": np.dtype(np.int8), "int16": np.dtype(np.int16)}
 
 
-def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: bool
-              ) -> tuple[str, list[str]]:
-    """Replace `layer`'s weight by codes + DequantizeLinear.
+@dataclass(frozen=True)
+class StoredWeight:
+    """What `apply_qdq` wrote for one layer: the container and the new constants."""
 
-    Returns the container used and, for int4, the names `pack_int4` must retype.
-    """
+    container: str  # "int4", "int8" or "int16"
+    quantized: gs.Constant  # the integer codes DequantizeLinear reads
+    zero_point: gs.Constant
+
+    @property
+    def int4_names(self) -> list[str]:
+        """The initializers `pack_int4` must retype (int4 travels through the graph as int8)."""
+        return [self.quantized.name, self.zero_point.name] if self.container == "int4" else []
+
+
+def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: bool) -> StoredWeight:
+    """Replace `layer`'s weight by codes + DequantizeLinear."""
     codes = layer_codes(layer, plan)
     container = container_for(int(np.abs(codes).max(initial=0)), allow_int4)
     dtype = _NUMPY_TYPES[container]
@@ -54,7 +66,7 @@ def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: 
     dq = gs.Node("DequantizeLinear", name=_fresh(f"{layer.name}_DequantizeLinear", taken), attrs=attrs,
                  inputs=[quantized, scale, zero_point], outputs=[output])
     home.nodes.insert(0, dq)  # its inputs are constants: first is always topologically valid
-    return container, [quantized.name, zero_point.name] if container == "int4" else []
+    return StoredWeight(container, quantized, zero_point)
 
 
 def pack_int4(model: onnx.ModelProto, names: list[str]) -> None:

@@ -79,7 +79,7 @@ def basicpitch_data(n: int, seed: int) -> dict[str, np.ndarray]:
 
 def basicpitch_outputs(model, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`note`, `onset` [n, 172, 88] and `contour` [n, 172, 264] activations."""
-    from onnxjpq.validate import session
+    from onnxjpq.runtime.sessions import session
 
     sess = session(model)
     names = list(OUTPUTS)

@@ -270,7 +270,7 @@ def export_minilm(path: str | os.PathLike) -> Path:
     (torch and package versions); a file whose bytes or sources differ is
     exported again. The export is deterministic: same bytes every time.
     """
-    from ..io import save_model, write_text_atomic
+    from ..graph.io import save_model, write_text_atomic
 
     import onnx
 

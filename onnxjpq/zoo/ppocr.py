@@ -159,7 +159,7 @@ def imagenet_tensor(image) -> np.ndarray:
 
 def run(model, feeds: dict[str, np.ndarray], batch: int = 16) -> list[np.ndarray]:
     """All outputs of `model` (path, bytes or ModelProto) on `feeds`, in batches along axis 0."""
-    from onnxjpq.validate import session
+    from onnxjpq.runtime.sessions import session
 
     sess = session(model)
     names = [i.name for i in sess.get_inputs()]

@@ -1,0 +1,104 @@
+"""`onnxjpq compress`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+from .common import make_console, user_errors
+from .group import main
+from .options import method_config, selection_from, with_selection
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the compressed model.")
+@click.option("--prune", type=float, default=None, help="Global fraction of weights to prune, in [0, 1) [default: 0].")
+@click.option("--bits", type=float, default=None,
+              help="Average bits per kept weight, in [2, 8]; fractions allowed [default: 8].")
+@click.option("--rate", type=float, default=None,
+              help="Budget mode: choose each layer's sparsity and bits to reach this storage rate (x).")
+@click.option("--size-kb", type=float, default=None,
+              help="Budget mode: choose each layer's sparsity and bits to fit the weights in this many KB.")
+@click.option("--min-bits", type=int, default=2, show_default=True, help="Budget mode: narrowest code.")
+@click.option("--max-bits", type=int, default=8, show_default=True, help="Budget mode: widest code.")
+@click.option("--pow2-bits", is_flag=True, help="Budget mode: only 2, 4 or 8-bit codes.")
+@click.option("--objective", type=click.Choice(["size", "paper", "bops"]), default="size", show_default=True,
+              help="Budget mode: --rate is a storage rate (size), the papers' rate 32N/sum(bits x nonzero) "
+                   "(paper), or a BOPs reduction (bops).")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Budget mode: .npz of model inputs to measure each layer's sensitivity on.")
+@click.option("--activations", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+              help="int8: also quantize activations (full QDQ model, integer kernels), calibrated on --calib.")
+@click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="onnxruntime calibrator for the activation ranges.")
+@click.option("--act-snr", type=float, default=25.0, show_default=True,
+              help="Keep the most harmful activations in float until the output SNR (dB) vs the "
+                   "weight-compressed float model reaches this.")
+@click.option("--weights-qdq", is_flag=True,
+              help="With --activations int8: weights as float -> QuantizeLinear -> DequantizeLinear pairs.")
+@click.option("--max-drop", type=float, default=None,
+              help="Search the highest rate losing at most this many accuracy points on --data "
+                   "(agreement points with the fp32 model when the data has no labels).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False),
+              help="With --max-drop: .npz of model inputs (and labels) to measure on.")
+@click.option("--prune-mode", type=click.Choice(["laplace", "exact"]), default="laplace", show_default=True,
+              help="laplace: OPQ's per-layer ratios from the Laplace fit; exact: global magnitude.")
+@click.option("--keep-survivors/--no-keep-survivors", default=True, show_default=True,
+              help="Kept weights never round to 0 (the prune ratio asked is the one stored).")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "float", "sparse"]), default="qdq",
+              show_default=True, help="qdq: int4/int8 + DequantizeLinear; float: dequantized floats; "
+                                      "sparse: int8 codes in sparse_initializer storage.")
+@click.option("--int4/--no-int4", default=True, show_default=True,
+              help="Store layers whose codes fit in 4 bits as int4 (opset 21).")
+@click.option("--granularity", type=click.Choice(["auto", "layer", "channel"]), default="auto", show_default=True,
+              help="Quantization steps: one per layer (OPQ), one per output channel, or per channel only "
+                   "for layers with outlier channels (auto).")
+@with_selection
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
+              help="Draw the per-layer bits and pruning figure (layers.png) in this folder; needs matplotlib.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
+@user_errors("src")
+def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
+             activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path,
+             prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, embeddings,
+             report_path,
+             plot_dir, quiet, as_json):
+    """Prune and quantize the weights of SRC into a new ONNX file.
+
+    Give --prune/--bits for the analytic OPQ solve, or --rate/--size-kb for
+    the budget mode, which chooses each layer's sparsity and bit-width.
+    """
+    from rich.progress import track
+
+    from ..workflows.activations import ActivationConfig
+    from ..pipeline.compress import OutputConfig
+    from ..workflows.compress import compress_file
+    from ..pipeline.report import print_report
+
+    config = method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
+                            pow2_bits, objective, max_drop, data_path, granularity)
+    selection = selection_from(include, exclude, keep, min_params, embeddings)
+    console = make_console(quiet)
+    progress = (lambda xs: track(xs, description="working", console=console, transient=True))
+    act = (ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq)
+           if activations == "int8" else None)
+    report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
+                           report_path=report_path, progress=None if quiet else progress, calib=calib,
+                           activations=act)
+    print_report(report, console)
+    if "search" in report:
+        found = report["search"]
+        console.print(f"searched {len(found['evaluations'])} rates: highest within {found['max_drop']:g} "
+                      f"{found['metric']} points: storage rate {report['totals']['storage_rate']:.1f}x")
+    console.print(f"wrote {dst}")
+    if plot_dir:
+        from ..workflows.plots import plot_layers
+        console.print(f"wrote {plot_layers(report, plot_dir)}")
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))

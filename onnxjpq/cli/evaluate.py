@@ -1,0 +1,48 @@
+"""`onnxjpq eval`."""
+
+from __future__ import annotations
+
+
+import click
+
+
+from .common import make_console, progress_bar, user_errors, write_json
+from .group import main
+
+
+@main.command("eval")
+@click.argument("ref", type=click.Path(dir_okay=False))
+@click.argument("cand", type=click.Path(dir_okay=False))
+@click.option("--data", "data", required=True,
+              help=".npz with one array per model input (and labels), or module:function returning or "
+                   "yielding feed dicts {input name: batch array, 'labels': optional}.")
+@click.option("--labels", "labels_key", default="labels", show_default=True,
+              help="Name of the labels array in the .npz (or key in each fed dict).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the figures as JSON ('-': on stdout).")
+@click.option("--max-drop", type=float, default=None,
+              help="Validate: exit with status 1 if CAND loses more than this many top-1 accuracy points "
+                   "(agreement points without labels).")
+@click.option("--batch", type=int, default=64, show_default=True, help="Samples per run (and in the timed batch).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="onnxruntime intra-op threads for both models (0: onnxruntime's default).")
+@click.option("--runs", type=int, default=50, show_default=True,
+              help="Timed runs of one batch per model, interleaved; 0 skips timing.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs before timing.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@user_errors("ref", "cand")
+def eval_command(ref, cand, data, labels_key, json_path, max_drop, batch, threads, runs, warmup, quiet):
+    """Compare CAND with REF in onnxruntime: accuracy, top-1 agreement, output SNR, latency, size."""
+    from ..workflows.evaluate import EvalConfig, check_drop, evaluate_files, print_evaluation, to_json
+
+    config = EvalConfig(batch=batch, threads=threads, runs=runs, warmup=warmup, labels_key=labels_key)
+    if max_drop is not None and not max_drop >= 0:
+        from ..errors import OptionError
+        raise OptionError(f"--max-drop must be >= 0 points, got {max_drop}")
+    console = make_console(quiet)
+    result = evaluate_files(ref, cand, data, config, progress_bar(console, "evaluating"))
+    print_evaluation(result, console)
+    if json_path:
+        write_json(to_json(result), json_path, cand, console)
+    if max_drop is not None:
+        check_drop(result, max_drop)

@@ -1,0 +1,53 @@
+"""The hand-off between solvers and rewriters.
+
+A solver returns a `CompressionPlan`: per layer, which weights stay (`mask`)
+and the quantization step they share (`step`). Rewriters only read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class WeightArray(Protocol):
+    """What a solver needs to know of a layer: its values and channel layout."""
+
+    name: str
+    values: np.ndarray
+    axis: int | None
+    groups: int
+    extra_param_bits: int  # bits of per-channel steps beyond the layer's one (core.channels)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    mask: np.ndarray  # bool, same shape as the weight; True = kept
+    step: float  # shared quantization step; 0 when nothing is kept
+    keep_survivors: bool = True
+    fixed: bool = False  # kept at 8 bits, outside the solves (--keep)
+    predicted_prune_ratio: float = 0.0  # the Laplace model's ratio for this layer
+    max_code: int | None = None  # codes clipped to [-max_code, max_code]; None = no clip
+    channel_steps: np.ndarray | None = None  # one step per output channel instead of `step`
+    channel_axis: int | None = None
+
+    def steps_for(self, shape: tuple[int, ...]) -> float | np.ndarray:
+        """The step of every weight: the shared step, or the channel steps shaped to broadcast."""
+        if self.channel_steps is None:
+            return self.step
+        view = [1] * len(shape)
+        view[self.channel_axis % len(shape)] = -1
+        return self.channel_steps.reshape(view)
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    layers: tuple[LayerPlan, ...]
+    method: str
+    diagnostics: dict = field(default_factory=dict)
+
+    def by_name(self) -> dict[str, LayerPlan]:
+        return {p.name: p for p in self.layers}

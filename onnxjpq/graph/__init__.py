@@ -1,0 +1,1 @@
+"""ONNX in, facts out: file I/O, opsets, the per-op registry, layer finding, MACs."""

@@ -1,0 +1,73 @@
+"""Multiply-accumulates per weight layer, for BOPs (DJPQ eq. 15-16).
+
+Shapes come from onnx's shape inference with every unknown input dimension
+(batch, sequence) set to 1, so the figures are per sample and per position;
+ratios between models do not depend on that choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+
+from .layers import WeightLayer
+from .ops import weight_slot
+
+
+def _fixed_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    initializers = {t.name for t in fixed.graph.initializer}
+    for value in fixed.graph.input:
+        if value.name in initializers:
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    return fixed
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the model's tensors that shape inference can determine."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_fixed_inputs(model), data_prop=True)
+    except Exception:  # inference fails on some exotic graphs: then MACs are unknown
+        return {}
+    shapes = {}
+    stack = [inferred.graph]
+    while stack:
+        graph = stack.pop()
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes[value.name] = tuple(d.dim_value for d in dims)
+        for node in graph.node:
+            stack += [a.g for a in node.attribute if a.HasField("g")]
+    return shapes
+
+
+def layer_macs(layer: WeightLayer, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """Dense MACs of all the layer's uses, each counted by its op's rule (`ops.MACS_RULES`)."""
+    total = 0
+    for node, index in layer.uses:
+        rule = weight_slot(node.op, index).macs
+        if rule == "none":
+            continue
+        if not node.outputs:  # a broken graph: MACs unknown
+            return None
+        if rule == "recurrent":  # Y is [seq, dirs, batch, hidden]
+            shape = shapes.get(node.outputs[0].name)
+            if shape is None:
+                return None
+            total += math.prod(shape) // (shape[1] * shape[3]) * layer.values.size
+            continue
+        if rule == "input":
+            shape, per = shapes.get(node.inputs[0].name), layer.values.size / layer.values.shape[0]
+        else:
+            channels = layer.values.shape[layer.axis] if layer.axis is not None else 1
+            shape, per = shapes.get(node.outputs[0].name), layer.values.size / channels
+        if shape is None:
+            return None
+        total += math.prod(shape) * per
+    return int(total)

@@ -1,0 +1,1 @@
+"""The one compress path: find -> solve -> plan -> rewrite -> check, over in-memory or memory-mapped weights."""

@@ -1,0 +1,233 @@
+"""The compression pipeline: load → find weights → solve → rewrite → check → save."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from .._version import __version__
+from ..core.channels import normalize, rescale
+from ..errors import ModelError, OptionError
+from ..graph.io import proto_graphs
+from ..graph.layers import Selection, WeightLayer, find_layers, kept_names
+from ..graph.ops import weight_ops_text
+from ..graph.macs import layer_macs, tensor_shapes
+from ..methods.annc import AnncConfig, solve_annc
+from ..methods.opq import OpqConfig, solve_opq
+from ..graph.opset import INT4_MIN_IR, INT4_MIN_OPSET, QDQ_MIN_OPSET, default_opset, upgrade
+from ..core.plan import CompressionPlan
+from ..core.quant import CONTAINER_MAX
+from .report import layer_row, report_dict, totals
+from ..rewrite import FORMATS, layer_codes
+from ..rewrite.dense import apply_float
+from ..rewrite.qdq import apply_qdq, pack_int4
+from ..rewrite.sparse import to_sparse
+from ..core.stats import laplace_fit
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How the compressed weights are stored: format qdq|float|sparse, int4 allowed or not,
+    and whether the output is checked in onnxruntime."""
+
+    format: str = "qdq"
+    int4: bool = True
+    check_runtime: bool = True
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+
+
+def find_model_layers(model: onnx.ModelProto, selection: Selection = Selection()):
+    """The compressible layers of a loaded model, and the skipped weights with reasons."""
+    _, layers, skipped = _find(model, selection)
+    return layers, skipped
+
+
+def _find(model: onnx.ModelProto, selection: Selection):
+    graph = gs.import_onnx(model)
+    layers, skipped = find_layers(graph, selection)
+    if not layers:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
+        raise ModelError(f"no compressible layer ({weight_ops_text()} with a constant float weight)"
+                         + (f"; skipped {reasons}" if reasons else ""))
+    return graph, layers, skipped
+
+
+def _prepare_opset(model: onnx.ModelProto, plan: CompressionPlan, layers: list[WeightLayer],
+                   output: OutputConfig, notes: list[str]) -> tuple[onnx.ModelProto, bool]:
+    """Upgrade the opset the rewrite needs; return the model and whether int4 is usable."""
+    if output.format == "float":
+        return model, False
+    plans = plan.by_name()
+    max_codes = [int(np.abs(layer_codes(l, plans[l.name])).max(initial=0)) for l in layers]
+    return upgrade_for(model, plan, max_codes, output, notes)
+
+
+def upgrade_for(model: onnx.ModelProto, plan: CompressionPlan, max_codes: list[int],
+                output: OutputConfig, notes: list[str]) -> tuple[onnx.ModelProto, bool]:
+    """`_prepare_opset` given each layer's largest code (the streaming path knows them
+    from its statistics)."""
+    if output.format == "float":
+        return model, False
+    wants_int4 = output.int4 and output.format == "qdq" and min(max_codes) <= CONTAINER_MAX["int4"]
+    opset = default_opset(model)
+    if wants_int4 and opset < INT4_MIN_OPSET:
+        upgraded = upgrade(model, INT4_MIN_OPSET)
+        if upgraded is not None:
+            notes.append(f"opset upgraded from {opset} to {INT4_MIN_OPSET} for int4 storage")
+            return upgraded, True
+        notes.append(f"opset {opset} could not be upgraded to {INT4_MIN_OPSET}: int4 layers stored as int8")
+        wants_int4 = False
+    needed = 13 if any(p.channel_steps is not None for p in plan.layers) else QDQ_MIN_OPSET
+    if default_opset(model) < needed:  # per-axis DequantizeLinear needs opset 13
+        upgraded = upgrade(model, 13)
+        if upgraded is None:
+            raise ModelError(f"opset {opset} is too old for DequantizeLinear and cannot be upgraded; "
+                             "use --format float")
+        notes.append(f"opset upgraded from {opset} to 13 for DequantizeLinear")
+        return upgraded, wants_int4
+    return model, wants_int4
+
+
+def _hoist_outer_initializers(out: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Put back in the main graph the initializers the original kept there.
+
+    onnx-graphsurgeon copies an outer-scope constant into every subgraph that
+    reads it, which would store it once per If/Loop branch.
+    """
+    outer = {t.name for t in original.graph.initializer}
+    present = {t.name for t in out.graph.initializer}
+    for sub in list(proto_graphs(out.graph))[1:]:
+        keep = []
+        for tensor in sub.initializer:
+            if tensor.name not in outer:
+                keep.append(tensor)
+            elif tensor.name not in present:
+                out.graph.initializer.append(tensor)
+                present.add(tensor.name)
+        del sub.initializer[:]
+        sub.initializer.extend(keep)
+
+
+def export_graph(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadata: dict) -> onnx.ModelProto:
+    out = gs.export_onnx(graph)
+    _hoist_outer_initializers(out, original)
+    out.ir_version = max(original.ir_version, INT4_MIN_IR if int4 else 0)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(original, field))
+    del out.metadata_props[:]
+    props = {p.key: p.value for p in original.metadata_props} | metadata
+    onnx.helper.set_model_props(out, dict(sorted(props.items())))
+    return out
+
+
+def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed: frozenset[str],
+           float_params: int, output: OutputConfig, sensitivity: dict | None) -> CompressionPlan:
+    solver_layers, ranges = normalize(layers, config.granularity)
+    if isinstance(config, AnncConfig):
+        total = sum(l.values.size for l in layers) + float_params
+        macs = None
+        if config.objective == "bops":
+            shapes = tensor_shapes(model)
+            macs = {l.name: layer_macs(l, shapes) for l in layers}
+        reserved = 0.0 if config.objective == "bops" else 32.0 * float_params
+        plan = solve_annc(solver_layers, config, fixed, reserved=reserved, total_params=total,
+                          sensitivity=sensitivity, macs=macs)
+    else:
+        if output.format != "qdq" or not output.int4:
+            config = replace(config, fit_int4=False)
+        plan = solve_opq(solver_layers, config, fixed)
+    return rescale(plan, layers, ranges)
+
+
+def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection: Selection = Selection(),
+               output: OutputConfig = OutputConfig(), sensitivity: dict[str, float] | None = None
+               ) -> CompressionPlan:
+    """Solve the masks and steps of a loaded model's weights (nothing is rewritten)."""
+    _, layers, skipped = _find(model, selection)
+    fixed = kept_names(layers, selection, budget=isinstance(config, AnncConfig))
+    return _solve(model, layers, config, fixed, float_params(skipped), output, sensitivity)
+
+
+def float_params(skipped) -> int:
+    """Weights the selection left in float: they count at 32 bits in the rates."""
+    return sum(math.prod(s.shape) for s in skipped if s.selected_out)
+
+
+def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqConfig(),
+                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
+                   progress=None, sensitivity: dict[str, float] | None = None) -> tuple[onnx.ModelProto, dict]:
+    """Compress a loaded model; return the new model and its report (bytes not yet known).
+
+    `config` picks the method: OpqConfig (analytic OPQ) or AnncConfig (budget
+    allocation, optionally weighted by per-layer `sensitivity`).
+    """
+    plan = plan_model(model, config, selection, output, sensitivity)
+    notes = []
+    if not plan.diagnostics.get("bits_target_met", True):
+        notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
+    settings = {"method": plan.method, "config": asdict(config), "notes": notes}
+    return apply_plan(model, plan, selection, output, settings, progress)
+
+
+def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selection, output: OutputConfig,
+               settings: dict, progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Rewrite `model`'s weights as `plan` says (its masks and steps, the model's current values)."""
+    notes = settings.setdefault("notes", [])
+    _, layers, _ = _find(model, selection)
+    model, int4 = _prepare_opset(model, plan, layers, output, notes)
+    graph, layers, skipped = _find(model, selection)  # re-read: the opset upgrade made a new graph
+    plans, shapes = plan.by_name(), tensor_shapes(model)
+    rows, int4_names, code_names = [], [], []
+    for layer in (progress(layers) if progress else layers):
+        p = plans[layer.name]
+        if output.format == "float":
+            container = apply_float(layer, p)
+        else:
+            stored = apply_qdq(graph, layer, p, allow_int4=int4)
+            container = stored.container
+            int4_names += stored.int4_names
+            code_names.append(stored.quantized.name)
+        rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values),
+                              layer_macs(layer, shapes)))
+    total, metadata = summarize(rows, skipped, plan, selection, output, settings)
+    out = export_graph(graph, model, int4, metadata)
+    pack_int4(out, int4_names)
+    if output.format == "sparse":
+        moved = to_sparse(out, code_names)
+        notes.append(f"{len(moved)} of {len(layers)} weights in sparse storage (the others are smaller dense)")
+    check_output(out, output.check_runtime)
+    return out, report_dict(rows, total, skipped, settings)
+
+
+def summarize(rows, skipped, plan: CompressionPlan, selection: Selection, output: OutputConfig,
+             settings: dict) -> tuple[dict, dict]:
+    """Complete `settings` and return the totals and the metadata stored in the output."""
+    # "activations" stays in the stored settings (None: the weight pipeline never quantizes
+    # activations; workflows.activations records its own section) so outputs keep their bytes
+    settings.update({"selection": asdict(selection), "output": asdict(output) | {"activations": None},
+                     "onnxjpq_version": __version__,
+                     "kept_8bit": sorted(p.name for p in plan.layers if p.fixed)})
+    total = totals(rows, float_params(skipped), 0, 0, plan.diagnostics)
+    metadata = {"onnxjpq.settings": json.dumps(settings, sort_keys=True, default=str),
+                "onnxjpq.totals": json.dumps({k: v for k, v in total.items()
+                                              if not k.startswith(("bytes", "file"))}, sort_keys=True)}
+    return total, metadata
+
+
+def check_output(model: onnx.ModelProto, runtime: bool) -> None:
+    """The output must pass onnx.checker and load in onnxruntime: anything else is our bug."""
+    if model.ByteSize() < 2**31 - 1:
+        onnx.checker.check_model(model)
+        if runtime:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,1 @@
+"""onnxruntime sessions, datasets and batches, capture of layer inputs."""

@@ -1,0 +1,304 @@
+"""Activation quantization: a full QDQ model that onnxruntime runs with integer kernels.
+
+onnxruntime.quantization places the QuantizeLinear/DequantizeLinear pairs
+(the standard QDQ placement: uint8 activations, int8 weights, zero point 0,
+accepted by TensorRT, OpenVINO and QNN) and calibrates the activation ranges
+(MinMax, Entropy or Percentile). The weights keep onnxjpq's codes exactly: each
+compressed weight gets a tensor override with its step as scale.
+
+Static int8 collapses some real models (activation outliers in transformers
+and 1-D conv nets), so the effect of each quantized activation is measured on
+the calibration data (the SQNR of its own quantization, from one run that
+exposes every candidate tensor), and the most harmful ones are kept in float
+(bisection on how many) until the output SNR against the weight-compressed
+float model reaches the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import OptionError
+from ..runtime.data import Dataset
+from ..runtime.sessions import fixed_batch, run_samples, session
+
+CALIBRATORS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """calibrate: onnxruntime calibrator; min_snr_db: output SNR vs the float model to reach;
+    samples: calibration inputs used; weights_qdq: weights as float -> Q -> DQ pairs."""
+
+    calibrate: str = "minmax"
+    min_snr_db: float = 25.0
+    samples: int = 128
+    weights_qdq: bool = False
+
+    def __post_init__(self):
+        if self.calibrate not in CALIBRATORS:
+            raise OptionError(f"calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrate!r}")
+        if self.samples < 1:
+            raise OptionError(f"calibration samples must be >= 1, got {self.samples}")
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a Dataset, in small batches
+    (whole batches of the model's fixed batch size when it has one)."""
+
+    def __init__(self, data: Dataset, samples: int, fixed: int | None = None):
+        n, batch = min(samples, len(data)), fixed or 8
+        if fixed:
+            n = max(n - n % fixed, fixed)
+        self._feeds = [{k: v[i:i + batch] for k, v in data.inputs.items()} for i in range(0, n, batch)]
+        self._next = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._next, None)
+
+    def rewind(self):
+        self._next = iter(self._feeds)
+
+    def __len__(self):
+        return len(self._feeds)
+
+
+def output_snr_db(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """10·log10(‖ref‖² / ‖ref − cand‖²) over all outputs.
+
+    >>> round(output_snr_db([np.ones(4)], [np.full(4, 1.1)]), 1)
+    20.0
+    """
+    signal = sum(float((r.astype(np.float64) ** 2).sum()) for r in reference)
+    noise = sum(float(((r.astype(np.float64) - c) ** 2).sum()) for r, c in zip(reference, candidate))
+    return float("inf") if noise == 0 else float(10 * np.log10(signal / max(noise, 1e-300)))
+
+
+def _calibrate_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _override(step, unsigned: bool = False) -> list[dict]:
+    """onnxruntime's TensorQuantOverrides entry giving a weight onnxjpq's step(s): int8 codes
+    with zero point 0, or (`unsigned`) the same codes + 128 as uint8 with zero point 128."""
+    zero = np.uint8(128) if unsigned else np.int8(0)
+    if isinstance(step, tuple):
+        axis, steps = step
+        entries = [{"scale": np.float32(s), "zero_point": zero} for s in steps]
+        entries[0]["axis"] = axis
+        return entries
+    return [{"scale": np.float32(step), "zero_point": zero}]
+
+
+def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: ActivationConfig,
+              steps: dict[str, float], exclude: list[str], unsigned: bool = False) -> onnx.ModelProto:
+    overrides = {name: _override(step, unsigned) for name, step in steps.items()}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs advice on every call
+    try:
+        _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned)
+    finally:
+        root.setLevel(level)
+    return onnx.load(str(dst))
+
+
+def _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned) -> None:
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    per_channel = any("axis" in entries[0] for entries in overrides.values())
+    reader.rewind()
+    quantize_static(str(src), str(dst), reader, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                    nodes_to_exclude=exclude, calibrate_method=_calibrate_method(config.calibrate),
+                    calibration_cache_path=str(cache),
+                    extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True,
+                                   "ActivationSymmetric": False, "AddQDQPairToWeight": config.weights_qdq})
+
+
+def _preprocess(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """onnxruntime's recommended pre-processing (shape inference, constant folding, Identity
+    removal), so that every Conv/MatMul fuses with its Q/DQ pairs; saved at `path`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        scratch = onnx.ModelProto()  # quant_pre_process may move a model's tensors to external data in place
+        scratch.CopyFrom(model)
+        quant_pre_process(scratch, str(path), skip_symbolic_shape=True)
+    except Exception:  # pre-processing is an optimisation: quantize the model as it is
+        onnx.save_model(model, str(path))
+    finally:
+        root.setLevel(level)
+    processed = _named(onnx.load(str(path)))
+    onnx.save_model(processed, str(path))
+    return processed
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every main-graph node a name: nodes are excluded from quantization by name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
+
+
+def _quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[float, int]]:
+    """Activation tensor → (scale, zero point) of every QuantizeLinear on a non-constant input."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in qmodel.graph.initializer}
+    found = {}
+    for node in qmodel.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and node.input[1] in inits:
+            zero = int(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else 0
+            found[node.input[0]] = (float(inits[node.input[1]]), zero)
+    return found
+
+
+def _float_name(name: str, known: set[str]) -> str | None:
+    """The float model's name of a tensor of the QDQ model (a graph output gets renamed)."""
+    if name in known:
+        return name
+    base = name.removesuffix("_QuantizeLinear_Input")
+    return base if base in known else None
+
+
+def rank_by_harm(model: onnx.ModelProto, qparams: dict[str, tuple[float, int]], data: Dataset,
+                 samples: int = 8) -> list[tuple[str, float]]:
+    """Quantized activations with the SQNR (dB) of their own uint8 quantization, worst first."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {t for n in probe.graph.node for t in n.output} | {i.name for i in probe.graph.input}
+    qparams = {_float_name(n, known): v for n, v in qparams.items() if _float_name(n, known)}
+    outputs = {o.name for o in probe.graph.output}
+    names = [n for n in qparams if n not in outputs]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    values = dict(zip([o.name for o in probe.graph.output], run_samples(session(probe), data.inputs, samples)))
+    ranked = []
+    for name, (scale, zero) in qparams.items():
+        x = values[name].astype(np.float64)
+        q = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+        ranked.append((name, output_snr_db([x], [q])))
+    return sorted(ranked, key=lambda item: (item[1], item[0]))
+
+
+def _neighbours(model: onnx.ModelProto, tensors: list[str]) -> list[str]:
+    """Names of the nodes producing or consuming any of `tensors`."""
+    wanted = set(tensors)
+    return sorted({n.name for n in model.graph.node if wanted & (set(n.input) | set(n.output))})
+
+
+def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: Dataset,
+                         config: ActivationConfig = ActivationConfig(), exclude: tuple[str, ...] = (),
+                         progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Full QDQ version of a float `model` whose weights are multiples of `steps`.
+
+    Returns the model and what was done: activations quantized, kept float, SNRs.
+    """
+    sess = session(model)
+    reference = run_samples(sess, data.inputs, config.samples)
+    fixed = fixed_batch(sess)
+    with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
+        src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
+        model = _preprocess(model, src)
+
+        def attempt(kept: list[str], unsigned: bool) -> tuple[onnx.ModelProto, float]:
+            qmodel = _quantize(src, dst, cache, _Reader(data, config.samples, fixed), config, steps,
+                               [*exclude, *_neighbours(model, kept)], unsigned)
+            snr = output_snr_db(reference, run_samples(session(qmodel), data.inputs, config.samples))
+            if progress:
+                progress(len(kept), snr)
+            return qmodel, snr
+
+        qmodel, snr = attempt([], False)
+        unsigned = False
+        if snr < config.min_snr_db:
+            # x86 CPUs without VNNI multiply uint8 x int8 with 16-bit saturation; uint8 x uint8 is exact
+            alternative = attempt([], True)
+            if alternative[1] > snr:
+                (qmodel, snr), unsigned = alternative, True
+        ranked = rank_by_harm(model, _quantized_tensors(qmodel), data)
+        kept: list[str] = []
+        if snr < config.min_snr_db:
+            qmodel, snr, kept = _bisect_float(lambda names: attempt(names, unsigned),
+                                              [name for name, _ in ranked], config.min_snr_db)
+    info = {"calibrate": config.calibrate, "weights": "uint8" if unsigned else "int8",
+            "quantized": len(ranked) - len(kept), "kept_float": kept,
+            "output_snr_db": snr, "target_snr_db": config.min_snr_db,
+            "worst_sqnr_db": dict(ranked[:5])}
+    return qmodel, info
+
+
+def _bisect_float(attempt, ranked: list[str], target: float):
+    """Fewest worst-ranked activations to keep in float so that the SNR reaches `target`."""
+    lo, hi = 0, len(ranked)  # lo fails; hi: everything float
+    best = attempt(ranked)
+    if best[1] < target:
+        return (*best, ranked)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        result = attempt(ranked[:mid])
+        if result[1] >= target:
+            hi, best = mid, result
+        else:
+            lo = mid
+    return (*best, ranked[:hi])
+
+
+def compress_with_activations(model: onnx.ModelProto, weights_config, selection, output,
+                              config: ActivationConfig, calib: Dataset, progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Compress the weights (any method), then quantize the activations on `calib`.
+
+    Weights are kept as int8 codes on their own steps: int4 Conv/MatMul kernels
+    do not exist in onnxruntime, and speed is the point of this mode.
+    """
+    from dataclasses import replace
+
+    from ..pipeline.compress import apply_plan, plan_model
+
+    float_output = replace(output, format="float", int4=False)
+    plan = plan_model(model, weights_config, selection, float_output)
+    compressed, report = apply_plan(model, plan, selection, float_output,
+                                    {"method": plan.method, "config": asdict(weights_config), "notes": []},
+                                    progress)
+    steps = {p.name: p.step if p.channel_steps is None else (p.channel_axis, p.channel_steps)
+             for p in plan.layers}
+    skipped = {s["name"] for s in report["skipped"]}
+    exclude = tuple(n.name for n in _named(compressed).graph.node if skipped & set(n.input))
+    qmodel, info = quantize_activations(compressed, steps, calib, config, exclude)
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(qmodel, key, getattr(compressed, key))
+    del qmodel.metadata_props[:]
+    qmodel.metadata_props.extend(compressed.metadata_props)
+    for row in report["layers"]:
+        row["container"] = info["weights"]
+        if row["bops"] is not None:
+            row["bops"] *= 8 / 32  # uint8 activations
+    total = report["totals"]
+    if total["bops"]:
+        total["bops"] = sum(row["bops"] for row in report["layers"] if row["bops"] is not None)
+        total["bops_ratio"] = 1024 * total["macs"] / total["bops"]
+    report["settings"]["activations"] = info
+    if info["output_snr_db"] < config.min_snr_db:
+        report["settings"]["notes"].append(
+            f"activation SNR target {config.min_snr_db:g} dB not reached even with every "
+            "activation in float")
+    elif info["kept_float"]:
+        report["settings"]["notes"].append(f"{len(info['kept_float'])} activations kept in float to reach "
+                                           f"{config.min_snr_db:g} dB")
+    return qmodel, report

@@ -1,0 +1,96 @@
+"""Compress a file in the mode its config asks for: a plain solve, a calibrated budget, an
+accuracy search or activation quantization, streamed where the weights stay on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import onnx
+
+from ..errors import OptionError
+from ..graph.io import (check_output_path, file_bytes, load_external, load_model_lazy, remove_model, save_model,
+                        uses_external_data, write_text_atomic)
+from ..graph.layers import Selection
+from ..graph.opset import check_supported
+from ..methods.annc import AnncConfig
+from ..methods.opq import OpqConfig
+from ..pipeline.compress import OutputConfig, check_output, compress_model
+from ..pipeline.stream import compress_streaming
+from ..runtime.data import load_dataset
+from ..runtime.sessions import open_session
+from .activations import ActivationConfig, compress_with_activations
+from .calibrated import compress_calibrated
+from .search import SearchConfig, search_rate
+
+
+def _run(model, config, selection, output, activations, progress, calib):
+    """Dispatch on the config: a plain solve, a calibrated budget, or an accuracy search."""
+
+    def dataset(path):  # one clear error for a model onnxruntime rejects, before any data is read
+        return load_dataset(path, open_session(model))
+
+    if activations is not None:
+        if calib is None:
+            raise OptionError("activation quantization needs calibration data (--calib DATA.npz)")
+        if isinstance(config, SearchConfig):
+            raise OptionError("--max-drop searches weight compression only; drop --activations")
+        out, report = compress_with_activations(model, config, selection, output, activations,
+                                                dataset(calib), progress)
+        check_output(out, output.check_runtime)
+        return out, report
+    if isinstance(config, SearchConfig):
+        if calib is not None:
+            raise OptionError("--max-drop measures on --data; --calib is not used with it")
+        return search_rate(model, config, dataset(config.data_path), selection, output)
+    if calib is not None:
+        if not isinstance(config, AnncConfig):
+            raise OptionError("calibration data is used by the budget mode: give a rate or a size")
+        return compress_calibrated(model, config, selection, output, dataset(calib), progress)
+    return compress_model(model, config, selection, output, progress)
+
+
+def streamable(model: onnx.ModelProto, config, output: OutputConfig, activations, calib) -> bool:
+    """Whether `compress_file` takes the streaming path: the model (loaded without its
+    external data) keeps tensors in external data, and the settings are a plain OPQ
+    solve (Laplace ratios) written as qdq or float, without calibration data."""
+    return (type(config) is OpqConfig and config.prune_mode == "laplace" and calib is None
+            and output.format in ("qdq", "float") and activations is None
+            and uses_external_data(model))
+
+
+def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
+                  config: OpqConfig | AnncConfig | SearchConfig = OpqConfig(),
+                  selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
+                  report_path: str | os.PathLike | None = None, progress=None,
+                  calib: str | os.PathLike | None = None,
+                  activations: ActivationConfig | None = None) -> dict:
+    """Compress the ONNX file `src` into `dst` (written atomically); return the report.
+
+    `calib` (an .npz of model inputs) makes the budget mode measure per-layer
+    sensitivity on it (see `workflows.calibrated`); with `activations` the
+    activations are quantized too, calibrated on it. A model storing its weights
+    as external data is compressed by streaming where the settings allow (see
+    `streamable` and `pipeline.stream`), with the same result and peak memory of
+    about one layer plus the codes.
+    """
+    dst = check_output_path(src, dst)
+    if report_path is not None:
+        check_output_path(src, report_path)
+    model = load_model_lazy(src)
+    check_supported(model, str(src), old_opset_ok=True)
+    if streamable(model, config, output, activations, calib):
+        report, bytes_out = compress_streaming(model, src, dst, config, selection, output, progress)
+    else:
+        load_external(model, src)
+        out, report = _run(model, config, selection, output, activations, progress, calib)
+        bytes_out = save_model(out, dst)
+    bytes_in = file_bytes(src)
+    report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
+    if report_path is not None:
+        try:
+            write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
+        except BaseException:  # no model without its report: a failed run leaves nothing behind
+            remove_model(dst)
+            raise
+    return report

@@ -1,0 +1,118 @@
+"""--activations int8: full QDQ models from onnxruntime's calibrators with onnxjpq's weight codes."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxjpq import OpqConfig, OptionError, OutputConfig, Selection
+from onnxjpq.workflows.activations import ActivationConfig, compress_with_activations, output_snr_db
+from onnxjpq.cli import main
+from onnxjpq.pipeline.compress import compress_model
+from onnxjpq.graph.io import load_model
+from onnxjpq.runtime.data import load_dataset
+from onnxjpq.runtime.sessions import accuracy, predict, session
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    model = load_model(MODELS / "lenet5.onnx")
+    return model, load_dataset(MODELS / "lenet5_train.npz", session(model)), \
+        load_dataset(MODELS / "lenet5_test.npz", session(model))
+
+
+def _activation_quantizers(model: onnx.ModelProto) -> int:
+    inits = {t.name for t in model.graph.initializer}
+    return sum(n.op_type == "QuantizeLinear" and n.input[0] not in inits for n in model.graph.node)
+
+
+@pytest.mark.slow
+def test_full_qdq_keeps_weight_codes_and_accuracy(lenet):
+    model, calib, test = lenet
+    config = OpqConfig(prune=0.5, bits=4)
+    qmodel, report = compress_with_activations(model, config, Selection(), OutputConfig(), ActivationConfig(),
+                                               calib)
+    assert _activation_quantizers(qmodel) >= 6
+    weights, _ = compress_model(model, config, Selection(), OutputConfig(format="float"))
+    floats = {t.name: onnx.numpy_helper.to_array(t) for t in weights.graph.initializer}
+    ints = {t.name: onnx.numpy_helper.to_array(t) for t in qmodel.graph.initializer}
+    for row in report["layers"]:
+        if row["name"] + "_quantized" in ints:
+            codes = ints[row["name"] + "_quantized"]
+            # int8 with zero point 0, or uint8 with 128 where the CPU's u8 x s8 kernels saturate
+            zero = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128}[codes.dtype]
+            assert row["container"] == codes.dtype.name
+            np.testing.assert_array_equal((codes.astype(np.float32) - zero) * np.float32(row["step"]),
+                                          floats[row["name"]])
+    assert report["settings"]["activations"]["output_snr_db"] >= 25
+    fp32 = accuracy(predict(session(model), test), test.labels)
+    assert accuracy(predict(session(qmodel), test), test.labels) >= fp32 - 1.5
+
+
+@pytest.mark.slow
+def test_a_strict_target_keeps_the_worst_activations_in_float(lenet):
+    model, calib, _ = lenet
+    loose, _ = compress_with_activations(model, OpqConfig(bits=8), Selection(),
+                                         OutputConfig(), ActivationConfig(min_snr_db=10), calib)
+    strict, report = compress_with_activations(model, OpqConfig(bits=8), Selection(),
+                                               OutputConfig(), ActivationConfig(min_snr_db=46), calib)
+    info = report["settings"]["activations"]
+    assert info["kept_float"]
+    assert _activation_quantizers(strict) < _activation_quantizers(loose)
+    assert info["output_snr_db"] >= 46 or len(info["kept_float"]) == info["quantized"] + len(info["kept_float"])
+
+
+def test_output_snr_db_of_identical_outputs_is_infinite():
+    assert output_snr_db([np.ones(3)], [np.ones(3)]) == float("inf")
+
+
+def test_unknown_calibrator_is_refused():
+    with pytest.raises(OptionError):
+        ActivationConfig(calibrate="kmeans")
+
+
+def test_cli_activations_need_calibration_data(tmp_path):
+    result = CliRunner().invoke(main, ["compress", str(MODELS / "lenet5.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                       "--activations", "int8"])
+    assert result.exit_code == 2
+    assert "calibration data" in result.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def _fixed_batch_mlp(path: Path) -> None:
+    from onnxjpq.testing import laplace, make_model
+    text = "agraph (float[2, 16] x) => (float[2, 8] y) { h = MatMul (x, W1) \n y = MatMul (h, W2) }"
+    onnx.save_model(make_model(text, {"W1": laplace((16, 32)), "W2": laplace((32, 8), seed=1)}), str(path))
+
+
+@pytest.mark.parametrize("options", [["--rate", "4"], ["--bits", "8", "--activations", "int8"]])
+def test_calibration_runs_in_the_models_fixed_batch_size(tmp_path, options):
+    src, out, calib = tmp_path / "fixed.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    _fixed_batch_mlp(src)
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((9, 16)).astype(np.float32))  # 4 batches + 1
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--calib", str(calib), *options])
+    assert result.exit_code == 0, (result.output, result.exception)
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_activations_on_a_model_reshaping_by_an_initializer(tmp_path):
+    """onnxruntime's pre-processing must not move the caller's tensors to external data."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxjpq.testing import laplace
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(np.array([-1, 16], np.int64), "shape"), numpy_helper.from_array(laplace((16, 8)), "W")])
+    src, out, calib = tmp_path / "flat.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 4, 4)).astype(np.float32))
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--bits", "8",
+                                       "--activations", "int8", "--calib", str(calib)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert _activation_quantizers(onnx.load(str(out))) > 0

@@ -1,0 +1,82 @@
+"""Byte-identical outputs across refactors: the SHA-256 of the bundled models' compressed
+files at the demo settings, the budget modes and the streaming path, recorded from the
+commit before the layered layout (3a37da3)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxjpq.cli import main
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+CASES = {
+    "lenet5 --prune 0.5 --bits 4": ("lenet5", ["--prune", "0.5", "--bits", "4"]),
+    "lenet5 --prune 0.8 --bits 4": ("lenet5", ["--prune", "0.8", "--bits", "4"]),
+    "lenet5 --prune 0.9 --bits 3": ("lenet5", ["--prune", "0.9", "--bits", "3"]),
+    "lenet5 --rate 16": ("lenet5", ["--rate", "16"]),
+    "lenet5 --rate 24": ("lenet5", ["--rate", "24"]),
+    "lenet5 --rate 16 --calib": ("lenet5", ["--rate", "16", "--calib", str(MODELS / "lenet5_test.npz")]),
+    "lenet5 --prune 0.5 --bits 4 --format sparse": ("lenet5", ["--prune", "0.5", "--bits", "4", "--format", "sparse"]),
+    "lenet300 --prune 0.8 --bits 4": ("lenet300", ["--prune", "0.8", "--bits", "4"]),
+    "lenet300 --rate 16": ("lenet300", ["--rate", "16"]),
+    "lenet300 --rate 16 --calib": ("lenet300", ["--rate", "16", "--calib", str(MODELS / "lenet300_test.npz")]),
+    "lenet300 --prune 0.9 --bits 3 --format sparse": ("lenet300", ["--prune", "0.9", "--bits", "3", "--format", "sparse"]),
+    "lenet300 external --prune 0.5 --bits 4 (streaming)": ("lenet300-external", ["--prune", "0.5", "--bits", "4"]),
+    "lenet300 external --prune 0.8 --bits 4 --format float (streaming)": (
+        "lenet300-external", ["--prune", "0.8", "--bits", "4", "--format", "float"]),
+}
+
+GOLDEN = {
+    'lenet300 --prune 0.8 --bits 4': 'ab73a730b0249547e3a2ee8e3f4222d88debc1a9656326d5cdeacca70c2a1dde',
+    'lenet300 --prune 0.9 --bits 3 --format sparse': '44797506d11e7ce450e31bc66bb48220ac083501c370f815a206494bcbf15188',
+    'lenet300 --rate 16': '5d5bb07069818c65fe43b4f4855d3898c9a7de868c18fdaab322a35994b73bbd',
+    'lenet300 --rate 16 --calib': '5d5bb07069818c65fe43b4f4855d3898c9a7de868c18fdaab322a35994b73bbd',
+    'lenet300 external --prune 0.5 --bits 4 (streaming)': '45ad870aff657c6a2bef55fa72ffbbea2507b4e236173ddb603ccf262f6b3aa1',
+    'lenet300 external --prune 0.8 --bits 4 --format float (streaming)': '6c21d21a585491b5d2cc6375ccb2a51f5d9b73ab8c4606a6479cab6b717dd12c',
+    'lenet5 --prune 0.5 --bits 4': '898ea4eb5b04589ccdedf6e8a66317c7f98960012a764ddc802458b5794fbefd',
+    'lenet5 --prune 0.5 --bits 4 --format sparse': '9e90d7d1f2b63112bf6ecff73b77e6b00673fb6d373cb85ec36a7e24068d4e93',
+    'lenet5 --prune 0.8 --bits 4': 'af20c879b553505c1d6a0b5cc8115c44d1c4190c68bb0d83b90678353f05fc8b',
+    'lenet5 --prune 0.9 --bits 3': '6d93102045a698ad8bab08916d74b4ea7dbc87def2c5c43fce3e56fda9be8781',
+    'lenet5 --rate 16': '881b8cefad15e208cc3154b0641614c2a0460cd41f4e5331bd00f8bb1cdd0d15',
+    'lenet5 --rate 16 --calib': '881b8cefad15e208cc3154b0641614c2a0460cd41f4e5331bd00f8bb1cdd0d15',
+    'lenet5 --rate 24': '149b9e4c5fa5a28211bcfc07a1c5b73f8a1812e56b44f34c66126b88422a8de2',
+}
+
+
+def _source(name: str, folder: Path) -> Path:
+    if not name.endswith("-external"):
+        return MODELS / f"{name}.onnx"
+    model = onnx.load(MODELS / f"{name.removesuffix('-external')}.onnx")
+    path = folder / "external.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="external.onnx.data", size_threshold=0)
+    return path
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256(path.read_bytes())
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        h.update(data.read_bytes())
+    return h.hexdigest()
+
+
+def run_case(case: str, folder: Path) -> str:
+    name, args = CASES[case]
+    src = _source(name, folder)
+    out = folder / "out.onnx"
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", *args])
+    assert result.exit_code == 0, result.output
+    return digest(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_output_bytes_are_those_of_the_commit_before_the_layout(case, tmp_path):
+    assert run_case(case, tmp_path) == GOLDEN[case]
