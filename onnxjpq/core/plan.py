@@ -33,6 +33,8 @@ class LayerPlan:
     max_code: int | None = None  # codes clipped to [-max_code, max_code]; None = no clip
     channel_steps: np.ndarray | None = None  # one step per output channel instead of `step`
     channel_axis: int | None = None
+    codes: np.ndarray | None = None  # int32 codes a data-aware solver chose (else rounded from the values)
+    bias: np.ndarray | None = None  # corrected bias of the layer's op (bias correction), if any
 
     def steps_for(self, shape: tuple[int, ...]) -> float | np.ndarray:
         """The step of every weight: the shared step, or the channel steps shaped to broadcast."""

@@ -18,5 +18,7 @@ FORMATS = ("qdq", "float", "sparse")
 
 def layer_codes(layer: WeightLayer, plan: LayerPlan) -> np.ndarray:
     """The integer codes the plan assigns to `layer`'s weights."""
+    if plan.codes is not None:  # chosen by a data-aware solver (error compensation)
+        return plan.codes
     return quantize_codes(layer.values, plan.mask, plan.steps_for(layer.values.shape), plan.keep_survivors,
                           plan.max_code)
