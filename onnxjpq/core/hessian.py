@@ -240,10 +240,14 @@ def _unpadded_columns(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
 def row_errors(delta: np.ndarray, hessian: np.ndarray | None) -> np.ndarray:
     """Per-row output error δ_r H δ_rᵀ of δ = W − Ŵ [rows, cols]; H [cols, cols], [rows, cols, cols] or None (= I).
 
+    Computed in the precision of δ and H (float32 for both: a fast estimate).
+
     >>> row_errors(np.array([[1.0, -1.0]]), np.array([[2.0, 1.0], [1.0, 2.0]])).tolist()
     [2.0]
     """
-    delta = np.asarray(delta, dtype=np.float64)
+    delta = np.asarray(delta)
+    if not np.issubdtype(delta.dtype, np.floating):
+        delta = delta.astype(np.float64)
     if hessian is None:
         return np.einsum("rc,rc->r", delta, delta)
     if hessian.ndim == 3:
@@ -252,5 +256,6 @@ def row_errors(delta: np.ndarray, hessian: np.ndarray | None) -> np.ndarray:
 
 
 def output_error(delta: np.ndarray, hessian: np.ndarray | None) -> float:
-    """tr(δ H δᵀ): the summed squared output error of a weight change δ on the calibration columns."""
-    return float(row_errors(delta, hessian).sum())
+    """tr(δ H δᵀ) in float64: the summed squared output error of a weight change δ on the columns."""
+    hessian = None if hessian is None else np.asarray(hessian, np.float64)
+    return float(row_errors(np.asarray(delta, np.float64), hessian).sum())
