@@ -1,7 +1,7 @@
 """Torch implementations of ONNX ops for the bridge: one registry (`OPS`), filled by the family modules."""
 
-from . import (activations, cast, conv, elementwise, indexing, linalg, norm, pad, pool,  # noqa: F401
-               reduce, resize, shape)  # (each module registers its ops)
+from . import (activations, cast, control, conv, elementwise, indexing, linalg, norm, pad, pool,  # noqa: F401
+               recurrent, reduce, resize, shape)  # (each module registers its ops)
 from .graph import Graph, compile_graph, model_opset
 from .registry import OPS, Node, OpSpec, register
 

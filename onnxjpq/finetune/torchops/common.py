@@ -53,7 +53,9 @@ def auto_pads(node, in_sizes: list[int], kernel: list[int], strides: list[int],
 
 def check_auto_pad(node) -> str | None:
     mode = node.attr("auto_pad", "NOTSET")
-    return None if mode in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID") else f"with auto_pad {mode!r}"
+    if mode in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+        return None
+    return f"{node.op_type} with auto_pad {mode!r}"
 
 
 def broadcast_all(*xs: torch.Tensor) -> list[torch.Tensor]:

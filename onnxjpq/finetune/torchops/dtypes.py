@@ -50,7 +50,7 @@ def to_torch(array: np.ndarray) -> torch.Tensor:
     array = np.asarray(array)
     viewed = _VIEWED.get(array.dtype)
     if viewed is not None:
-        return torch.from_numpy(np.ascontiguousarray(array).view(viewed[0]).copy()).view(viewed[1])
+        return torch.from_numpy(np.array(array, order="C").view(viewed[0])).view(viewed[1])
     if array.dtype.kind in "OUS":
         raise TypeError(f"torch has no dtype for {array.dtype} arrays")
     return torch.from_numpy(np.array(array))

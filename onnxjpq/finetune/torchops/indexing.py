@@ -27,7 +27,7 @@ def gather(node, x, idx):
     a = axis(node.attr("axis", 0), x.dim())
     idx = _wrap(idx, x.shape[a])
     flat = torch.index_select(x, a, idx.reshape(-1))
-    return [flat.reshape(*x.shape[:a], *idx.shape, *x.shape[a + 1:])]
+    return [flat.reshape((*x.shape[:a], *idx.shape, *x.shape[a + 1:]))]
 
 
 @register("GatherElements")
@@ -52,7 +52,7 @@ def gather_nd(node, x, idx):
     ib = idx.reshape(batch, -1, idx.shape[-1])
     rows = torch.arange(batch).unsqueeze(1).expand(batch, ib.shape[1])
     picked = xb[(rows, *_nd_index(xb.shape[1:], ib))]
-    return [picked.reshape(*idx.shape[:-1], *x.shape[b + idx.shape[-1]:])]
+    return [picked.reshape((*idx.shape[:-1], *x.shape[b + idx.shape[-1]:]))]
 
 
 @register("ScatterND")
