@@ -141,7 +141,7 @@ def test_inverse_cholesky_is_upper_and_factors_the_inverse():
 
 
 @pytest.mark.parametrize("kwargs", [dict(bits=1), dict(max_code=0), dict(sparsity=1.0), dict(block_size=0),
-                                    dict(damp=0.0), dict(clip_ratios=(1.2,))])
+                                    dict(damp=0.0), dict(clip_ratios=(1.2,)), dict(clip_refine=(0.0,))])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         GptqConfig(**kwargs)
@@ -150,3 +150,12 @@ def test_bad_settings_are_refused(kwargs):
 def test_mismatched_hessian_is_refused():
     with pytest.raises(ValueError):
         solve_gptq(np.zeros((2, 3)), np.eye(4))
+
+
+def test_sweeping_refined_grids_lowers_the_error():
+    w, h = correlated_layer(32, 96, seed=8)
+    for sparsity in (0.0, 0.5):
+        plain = solve_gptq(w, h, GptqConfig(bits=3, sparsity=sparsity, clip_refine=()))
+        refined = solve_gptq(w, h, GptqConfig(bits=3, sparsity=sparsity))
+        assert refined.error < plain.error
+        assert np.all(refined.steps <= np.float32(np.abs(w).max(axis=1) / 3) * (1 + 1e-6))
