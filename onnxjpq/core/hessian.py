@@ -238,7 +238,9 @@ def _unpadded_columns(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
 
 
 def row_errors(delta: np.ndarray, hessian: np.ndarray | None) -> np.ndarray:
-    """Per-row output error δ_r H δ_rᵀ of δ = W − Ŵ [rows, cols]; H [cols, cols], [rows, cols, cols] or None (= I).
+    """Per-row output error δ_r H δ_rᵀ of δ = W − Ŵ [rows, cols].
+
+    H is [cols, cols], one per row [rows, cols, cols], or None (= I).
 
     Computed in the precision of δ and H (float32 for both: a fast estimate).
 

@@ -45,6 +45,7 @@ CLIP_RATIOS = tuple(round(1.0 - 0.02 * i, 2) for i in range(36))  # 1.00, 0.98, 
 _FULL_CANDIDATES = 2  # clip ratios per row scored with the full H after the diag(H) pass
 _EXACT_COLS = 512  # wider layers score the candidates in float32
 _SUB_BLOCK = 16  # columns of rank-1 updates inside a lazy block
+_SWEEP_ELEMENTS = 1 << 24  # float64 weights swept at once (128 MiB), grids side by side
 
 
 @dataclass(frozen=True)
@@ -234,16 +235,27 @@ def solve_gptq(w: np.ndarray, hessian: np.ndarray, config: GptqConfig = GptqConf
 
 
 def _refined_sweep(wt, u, steps, amax, m, config):
-    """One sweep of the rows on `steps` and on each clip_refine multiple of them (clip ratio ≤ 1),
-    side by side; each row (or the layer) keeps the grid whose sweep left the least Σ_j δ_j²."""
+    """Sweeps of the rows on `steps` and on each clip_refine multiple of them (clip ratio ≤ 1), grids
+    side by side up to _SWEEP_ELEMENTS; each row (or the layer) keeps the grid of least Σ_j δ_j²."""
     limit = amax / m if config.per_channel else np.full(amax.shape, amax.max() / m)
     grids = np.stack([steps] + [np.minimum(steps * f, limit).astype(np.float32).astype(np.float64)
                                 for f in config.clip_refine])
-    codes, losses = _sweep(np.tile(wt, (1, len(grids))), u, grids.ravel(), m, config)
-    losses = losses.reshape(grids.shape)
-    rows = np.arange(wt.shape[1])
-    best = np.argmin(losses, axis=0) if config.per_channel else np.full(rows.size, np.argmin(losses.sum(axis=1)))
-    return codes.reshape(wt.shape[0], len(grids), -1)[:, best, rows], grids[best, rows]
+    rows, per_chunk = wt.shape[1], max(1, _SWEEP_ELEMENTS // wt.size)
+    best = None
+    for g0 in range(0, len(grids), per_chunk):
+        chunk = grids[g0:g0 + per_chunk]
+        codes, losses = _sweep(np.tile(wt, (1, len(chunk))), u, chunk.ravel(), m, config)
+        for k, grid in enumerate(chunk):
+            trial = (codes[:, k * rows:(k + 1) * rows], losses[k * rows:(k + 1) * rows], grid)
+            best = trial if best is None else _better(best, trial, config.per_channel)
+    return best[0], best[2]
+
+
+def _better(best, trial, per_channel):
+    """Per row (or for the whole layer), the (codes [cols, rows], losses, steps) of lower loss; ties keep `best`."""
+    take = trial[1] < best[1] if per_channel else np.full(best[1].shape, trial[1].sum() < best[1].sum())
+    return (np.where(take[None, :], trial[0], best[0]), np.where(take, trial[1], best[1]),
+            np.where(take, trial[2], best[2]))
 
 
 def _prepare(w, h, damp):
@@ -265,7 +277,7 @@ def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
     >>> bool(np.allclose(u.T @ u, np.linalg.inv([[4.0, 2.0], [2.0, 3.0]]))), float(u[1, 0])
     (True, 0.0)
     """
-    extra = 1e-3 * float(np.mean(np.diag(h)))
+    extra = 1e-3 * (float(np.mean(np.diag(h))) or 1.0)
     for attempt in range(8):
         try:
             lower = linalg.cholesky(h[::-1, ::-1], lower=True)

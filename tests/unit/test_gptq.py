@@ -159,3 +159,14 @@ def test_sweeping_refined_grids_lowers_the_error():
         refined = solve_gptq(w, h, GptqConfig(bits=3, sparsity=sparsity))
         assert refined.error < plain.error
         assert np.all(refined.steps <= np.float32(np.abs(w).max(axis=1) / 3) * (1 + 1e-6))
+
+
+def test_grids_swept_in_bounded_chunks_give_the_same_solve(monkeypatch):
+    w, h = correlated_layer(16, 64, seed=9)
+    config = GptqConfig(bits=4, sparsity=0.3, act_order=True)
+    whole = solve_gptq(w, h, config)
+    monkeypatch.setattr("onnxjpq.methods.gptq._SWEEP_ELEMENTS", 1)  # one grid at a time
+    chunked = solve_gptq(w, h, config)
+    np.testing.assert_array_equal(chunked.steps, whole.steps)
+    assert chunked.error == pytest.approx(whole.error, rel=1e-9)
+    assert (chunked.codes != whole.codes).mean() < 0.01
