@@ -170,3 +170,16 @@ def test_grids_swept_in_bounded_chunks_give_the_same_solve(monkeypatch):
     np.testing.assert_array_equal(chunked.steps, whole.steps)
     assert chunked.error == pytest.approx(whole.error, rel=1e-9)
     assert (chunked.codes != whole.codes).mean() < 0.01
+
+
+def test_solver_modules_import_only_numpy_scipy_and_the_core():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "onnxjpq"
+    allowed = ("numpy", "scipy", "onnxjpq.core", "onnxjpq.methods.gptq", "__future__", "dataclasses", "math", "typing")
+    for name in ("core/hessian.py", "methods/gptq.py", "methods/rounding.py", "methods/bias_correction.py"):
+        tree = ast.parse((root / name).read_text())
+        found = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        found |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert all(m.startswith(allowed) for m in found), (name, found)
