@@ -12,7 +12,7 @@ so the peak resident set (ru_maxrss from wait4) is per run:
 - floor: `onnx.load` + `onnx.save` of the same model (external data), what any
   tool that loads the model pays;
 - onnxjpq: `python -m onnxjpq compress model.onnx -o out.onnx` with default
-  options (the streaming path: the model keeps its weights in external data).
+  options and with `--rate 16` (both stream: the model keeps its weights in external data).
 
 The table gives peak RSS against the weight bytes, the acceptance allowance
 (1.5 x weight bytes + 200 MB), seconds and weights per second, and both runs'
@@ -155,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             "floor (onnx.load+save)": measure([sys.executable, "-c", FLOOR, str(path), str(workdir / "floor.onnx")]),
             "onnxjpq compress": measure([sys.executable, "-m", "onnxjpq", "compress", str(path),
                                          "-o", str(workdir / "small.onnx")]),
+            "onnxjpq compress --rate 16": measure([sys.executable, "-m", "onnxjpq", "compress", str(path),
+                                                   "-o", str(workdir / "rate16.onnx"), "--rate", "16"]),
         }
         onnx.checker.check_model(str(workdir / "small.onnx"))
+        onnx.checker.check_model(str(workdir / "rate16.onnx"))
         out_bytes = sum(p.stat().st_size for p in workdir.glob("small.onnx*"))
         table, met = _table(weight_bytes, weights, runs)
         print(table)

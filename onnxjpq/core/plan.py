@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .quant import magnitude_mask
+
 
 class WeightArray(Protocol):
     """What a solver needs to know of a layer: its values and channel layout."""
@@ -25,7 +27,7 @@ class WeightArray(Protocol):
 @dataclass(frozen=True)
 class LayerPlan:
     name: str
-    mask: np.ndarray  # bool, same shape as the weight; True = kept
+    mask: np.ndarray | None  # bool, same shape as the weight; True = kept; None: see prune_count
     step: float  # shared quantization step; 0 when nothing is kept
     keep_survivors: bool = True
     fixed: bool = False  # kept at 8 bits, outside the solves (--keep)
@@ -35,6 +37,13 @@ class LayerPlan:
     channel_axis: int | None = None
     codes: np.ndarray | None = None  # int32 codes a data-aware solver chose (else rounded from the values)
     bias: np.ndarray | None = None  # corrected bias of the layer's op (bias correction), if any
+    # the mask's size: with mask None (streaming plans, which keep no masks in memory) the
+    # mask is the magnitude mask pruning `prune_count` of the solver-space values
+    prune_count: int = 0
+
+    def mask_for(self, solver_values: np.ndarray) -> np.ndarray:
+        """The mask, made from the values the solver saw when the plan carries none."""
+        return self.mask if self.mask is not None else magnitude_mask(solver_values, self.prune_count)
 
     def steps_for(self, shape: tuple[int, ...]) -> float | np.ndarray:
         """The step of every weight: the shared step, or the channel steps shaped to broadcast."""

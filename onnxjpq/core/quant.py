@@ -126,3 +126,31 @@ def to_channels(w: np.ndarray, axis: int | None, groups: int = 1) -> np.ndarray:
         grouped = w.reshape(groups, c_in // groups, m_per_group, -1)
         return grouped.transpose(0, 2, 1, 3).reshape(groups * m_per_group, -1)
     return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+
+
+def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
+    """Mask that prunes the `n_pruned` smallest |w|, ties broken by flat index.
+
+    What a stable argsort of |w| gives, from a partition that finds the largest
+    pruned |w| and one pass over blocks of weights (no int64 per weight).
+
+    >>> magnitude_mask(np.array([0.3, -0.1, 0.1, 0.2]), 2).tolist()
+    [True, False, False, True]
+    """
+    n_pruned = min(n_pruned, w.size)
+    if n_pruned <= 0:
+        return np.ones(w.shape, bool)
+    part = np.abs(w).ravel()
+    part.partition(n_pruned - 1)
+    kth = part[n_pruned - 1]
+    del part
+    flat, mask = w.ravel(), np.empty(w.size, bool)
+    below, ties = 0, []
+    for lo, hi in blocks(flat.size):
+        a = np.abs(flat[lo:hi])
+        mask[lo:hi] = a > kth
+        below += int((a < kth).sum())
+        ties.append(np.flatnonzero(a == kth) + lo)
+    ties = np.concatenate(ties)
+    mask[ties[n_pruned - below:]] = True  # the last ties by flat index stay
+    return mask.reshape(w.shape)

@@ -30,9 +30,8 @@ import numpy as np
 from ..core.channels import check_granularity
 from ..errors import OptionError
 from ..core.plan import CompressionPlan, LayerPlan, WeightArray
-from ..core.quant import quantize_codes, to_channels
+from ..core.quant import magnitude_mask, quantize_codes, to_channels
 from ..core.storage import storage_bits
-from .opq import magnitude_mask
 
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
@@ -153,7 +152,8 @@ def layer_options(values: np.ndarray, n_channels: int, sparsities: Sequence[floa
 
 
 def layer_codes(layer: WeightArray, plan: LayerPlan) -> np.ndarray:
-    return quantize_codes(layer.values, plan.mask, plan.step, plan.keep_survivors, plan.max_code)
+    w = layer.values  # one read (a streamed layer reads its file)
+    return quantize_codes(w, plan.mask_for(w), plan.step, plan.keep_survivors, plan.max_code)
 
 
 def _choose(options: list[LayerOptions], weights: np.ndarray, mu: float) -> list[int]:
@@ -230,16 +230,18 @@ def _allocate_or_uniform(options: list[LayerOptions], weights: np.ndarray, budge
     return [j] * len(options)
 
 
-def _layer_plan(layer: WeightArray, options: LayerOptions, j: int) -> LayerPlan:
-    k = int(round(options.sparsity[j] * layer.values.size))
-    return LayerPlan(layer.name, magnitude_mask(layer.values, k), float(options.step[j]) or 1.0,
-                     keep_survivors=k > 0, max_code=int(options.max_code[j]),
-                     predicted_prune_ratio=float(options.sparsity[j]))
+def _layer_plan(layer: WeightArray, options: LayerOptions, j: int, masks: bool) -> LayerPlan:
+    w = layer.values
+    k = int(round(options.sparsity[j] * w.size))
+    return LayerPlan(layer.name, magnitude_mask(w, k) if masks else None,
+                     float(options.step[j]) or 1.0, keep_survivors=k > 0, max_code=int(options.max_code[j]),
+                     predicted_prune_ratio=float(options.sparsity[j]), prune_count=k)
 
 
-def _fixed_plan(layer: WeightArray) -> LayerPlan:
-    amax = float(np.abs(layer.values).max(initial=0.0))
-    return LayerPlan(layer.name, np.ones(layer.values.shape, bool), amax / 127 or 1.0, fixed=True)
+def _fixed_plan(layer: WeightArray, masks: bool) -> LayerPlan:
+    w = layer.values
+    amax = float(np.abs(w).max(initial=0.0))
+    return LayerPlan(layer.name, np.ones(w.shape, bool) if masks else None, amax / 127 or 1.0, fixed=True)
 
 
 def _storage_cost(layer: WeightArray, plan: LayerPlan) -> float:
@@ -254,13 +256,15 @@ def _bops_cost(macs: int, plan: LayerPlan, layer: WeightArray) -> float:
 
 def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozenset[str] = frozenset(),
                reserved: float = 0.0, total_params: int | None = None,
-               sensitivity: dict[str, float] | None = None, macs: dict[str, int | None] | None = None
-               ) -> CompressionPlan:
+               sensitivity: dict[str, float] | None = None, macs: dict[str, int | None] | None = None,
+               masks: bool = True) -> CompressionPlan:
     """Masks, steps and clips for `layers` within the budget.
 
     `reserved` is budget spent elsewhere (weights left in float); layers named
     in `fixed` stay dense at 8 bits. `sensitivity` multiplies each layer's
-    weight. `macs` (dense MACs per layer) is needed for the BOPs objective.
+    weight. `macs` (dense MACs per layer) is needed for the BOPs objective. With
+    `masks` False the plans carry prune counts instead of masks (streaming: each read of
+    `layer.values` may read a file, and no mask is kept).
     """
     bops = config.objective == "bops"
     if bops and (not macs or any(macs.get(l.name) is None for l in layers)):
@@ -275,7 +279,7 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
             return float(storage_bits(layer_codes(layer, plan), layer.axis, layer.groups)[0])
         return _storage_cost(layer, plan)
 
-    plans = {l.name: _fixed_plan(l) for l in layers if l.name in fixed}
+    plans = {l.name: _fixed_plan(l, masks) for l in layers if l.name in fixed}
     free = [l for l in layers if l.name not in fixed]
     budget = total - reserved - sum(cost(l, plans[l.name]) for l in layers if l.name in fixed)
     options = [_options(l, config, macs[l.name] if bops else None) for l in free]
@@ -286,7 +290,7 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
     choice, target, spent = [], budget, 0.0
     for _ in range(6):  # the index cost is an estimate: measure, and tighten until the budget holds
         choice = _allocate_or_uniform(options, weights, target, config.uniform) if free else []
-        free_plans = [_layer_plan(l, o, j) for l, o, j in zip(free, options, choice)]
+        free_plans = [_layer_plan(l, o, j, masks) for l, o, j in zip(free, options, choice)]
         spent = sum(cost(l, p) for l, p in zip(free, free_plans))
         if spent <= budget:
             break
@@ -297,8 +301,9 @@ def solve_annc(layers: Sequence[WeightArray], config: AnncConfig, fixed: frozens
 
 
 def _options(layer: WeightArray, config: AnncConfig, macs: int | None) -> LayerOptions:
-    n_channels = to_channels(layer.values, layer.axis, layer.groups).shape[0]
-    options = layer_options(layer.values, n_channels, config.sparsities(), config.bit_choices())
+    w = layer.values
+    n_channels = to_channels(w, layer.axis, layer.groups).shape[0]
+    options = layer_options(w, n_channels, config.sparsities(), config.bit_choices())
     options = replace(options, cost=options.cost + layer.extra_param_bits)
     if macs is None:
         return options

@@ -36,7 +36,7 @@ from scipy import optimize
 
 from ..errors import OptionError
 from ..core.plan import CompressionPlan, LayerPlan, WeightArray
-from ..core.quant import BLOCK, CONTAINER_MAX, blocks, code_width, to_channels
+from ..core.quant import BLOCK, CONTAINER_MAX, blocks, code_width, magnitude_mask, to_channels  # noqa: F401
 from ..core.channels import check_granularity
 from ..core.stats import laplace_prune_fraction, laplace_scale
 
@@ -112,34 +112,6 @@ def largest_remainder_counts(fractions: np.ndarray, sizes: np.ndarray, total: in
         room = order[counts[order] < sizes[order]]
         counts[room[:short]] += 1
     return counts
-
-
-def magnitude_mask(w: np.ndarray, n_pruned: int) -> np.ndarray:
-    """Mask that prunes the `n_pruned` smallest |w|, ties broken by flat index.
-
-    What a stable argsort of |w| gives, from a partition that finds the largest
-    pruned |w| and one pass over blocks of weights (no int64 per weight).
-
-    >>> magnitude_mask(np.array([0.3, -0.1, 0.1, 0.2]), 2).tolist()
-    [True, False, False, True]
-    """
-    n_pruned = min(n_pruned, w.size)
-    if n_pruned <= 0:
-        return np.ones(w.shape, bool)
-    part = np.abs(w).ravel()
-    part.partition(n_pruned - 1)
-    kth = part[n_pruned - 1]
-    del part
-    flat, mask = w.ravel(), np.empty(w.size, bool)
-    below, ties = 0, []
-    for lo, hi in blocks(flat.size):
-        a = np.abs(flat[lo:hi])
-        mask[lo:hi] = a > kth
-        below += int((a < kth).sum())
-        ties.append(np.flatnonzero(a == kth) + lo)
-    ties = np.concatenate(ties)
-    mask[ties[n_pruned - below:]] = True  # the last ties by flat index stay
-    return mask.reshape(w.shape)
 
 
 def global_magnitude_counts(weights: Sequence[np.ndarray], n_pruned: int) -> np.ndarray:
@@ -428,8 +400,8 @@ def solve_sources(sources: Sequence[LayerSource], config: OpqConfig,
                             or abs(packed_bits(stats, steps, survivors) - config.bits) <= 0.05),
         "bits_bins": float(np.log2(_mean_bins(stats, steps))) if n_kept else 0.0,
     }
-    plans = tuple(LayerPlan(s.name, k.mask, float(st), bool(sv), s.name in fixed, float(pr))
-                  for s, k, st, pr, sv in zip(sources, kept, steps, pruning.predicted, survivors))
+    plans = tuple(LayerPlan(s.name, k.mask, float(st), bool(sv), s.name in fixed, float(pr), prune_count=int(n))
+                  for s, k, st, pr, sv, n in zip(sources, kept, steps, pruning.predicted, survivors, pruning.counts))
     return CompressionPlan(plans, "opq", diagnostics)
 
 

@@ -133,19 +133,34 @@ def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed
            float_params: int, output: OutputConfig, sensitivity: dict | None) -> CompressionPlan:
     solver_layers, ranges = normalize(layers, config.granularity)
     if isinstance(config, AnncConfig):
-        total = sum(l.values.size for l in layers) + float_params
-        macs = None
-        if config.objective == "bops":
-            shapes = tensor_shapes(model)
-            macs = {l.name: layer_macs(l, shapes) for l in layers}
-        reserved = 0.0 if config.objective == "bops" else 32.0 * float_params
-        plan = solve_annc(solver_layers, config, fixed, reserved=reserved, total_params=total,
-                          sensitivity=sensitivity, macs=macs)
+        plan = solve_budget(solver_layers, layers, config, fixed, float_params, model, sensitivity)
     else:
         if output.format != "qdq" or not output.int4:
             config = replace(config, fit_int4=False)
         plan = solve_opq(solver_layers, config, fixed)
     return rescale(plan, layers, ranges)
+
+
+def solve_budget(solver_layers, layers, config: AnncConfig, fixed: frozenset[str], n_float: int,
+                 model: onnx.ModelProto, sensitivity: dict | None = None, masks: bool = True) -> CompressionPlan:
+    """The budget allocation of `solver_layers` (what the solver reads: normalised values),
+    sized and counted in MACs by `layers` (the model's weights); `n_float` weights the
+    selection left in float spend the budget at 32 bits (except under the BOPs objective)."""
+    total = sum(l.values.size for l in layers) + n_float
+    macs = None
+    if config.objective == "bops":
+        shapes = tensor_shapes(model)
+        macs = {l.name: layer_macs(l, shapes) for l in layers}
+    reserved = 0.0 if config.objective == "bops" else 32.0 * n_float
+    return solve_annc(solver_layers, config, fixed, reserved=reserved, total_params=total,
+                      sensitivity=sensitivity, macs=macs, masks=masks)
+
+
+def solve_notes(plan: CompressionPlan, config) -> list[str]:
+    """What the console should say about the solve."""
+    if plan.diagnostics.get("bits_target_met", True):
+        return []
+    return [f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits"]
 
 
 def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection: Selection = Selection(),
@@ -171,9 +186,7 @@ def compress_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig = OpqC
     allocation, optionally weighted by per-layer `sensitivity`).
     """
     plan = plan_model(model, config, selection, output, sensitivity)
-    notes = []
-    if not plan.diagnostics.get("bits_target_met", True):
-        notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
+    notes = solve_notes(plan, config)
     settings = {"method": plan.method, "config": asdict(config), "notes": notes}
     return apply_plan(model, plan, selection, output, settings, progress)
 

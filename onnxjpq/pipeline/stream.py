@@ -45,16 +45,17 @@ from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..core.channels import channel_ranges, rescale
-from .compress import export_graph, summarize, upgrade_for
+from .compress import export_graph, float_params, solve_budget, solve_notes, summarize, upgrade_for
 from ..errors import ModelError, OptionError
 from ..graph.io import ExternalWriter, external_span
 from ..graph.layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
 from ..graph.ops import weight_ops_text
 from ..graph.macs import layer_macs, tensor_shapes
+from ..methods.annc import AnncConfig
 from ..methods.opq import (KeptChannels, OpqConfig, count_at_least, kept_channels, magnitude_mask,
                           solve_sources)
 from ..core.plan import CompressionPlan, LayerPlan
-from ..core.quant import blockable, blockwise
+from ..core.quant import blockable, blockwise, quantize_codes
 from .report import layer_row, report_dict
 from ..rewrite import layer_codes
 from ..rewrite.dense import apply_float
@@ -260,7 +261,7 @@ def _rewrite(graph, layers, sources, plan, output, int4, writer, shapes):
     for layer in layers:
         source, placeholder = by_name[layer.name], layer.values
         layer.values = source.raw()
-        p = replace(plans[layer.name], mask=magnitude_mask(source.values(), source.pruned))
+        p = replace(plans[layer.name], mask=plans[layer.name].mask_for(source.values()))
         if output.format == "float":
             container = apply_float(layer, p)
             codes = layer_codes(layer, p)
@@ -279,21 +280,54 @@ def _rewrite(graph, layers, sources, plan, output, int4, writer, shapes):
     return rows, zero_points, packed
 
 
-def plan_streaming(model: onnx.ModelProto, base: Path, config: OpqConfig, selection: Selection,
+def plan_streaming(model: onnx.ModelProto, base: Path, config: OpqConfig | AnncConfig, selection: Selection,
                    output) -> tuple[CompressionPlan, list[int], dict[str, str], list[_Source]]:
-    """`plan_model` for a model whose weights stay on disk: the plan, each layer's largest
-    code, the layers skipped for NaN/Inf (name → reason) and the layers' sources."""
-    if output.format != "qdq" or not output.int4:
-        config = replace(config, fit_int4=False)
-    _, layers, _, sources = _find(model, base, selection, {})
+    """`plan_model` for a model whose weights stay on disk: the plan (prune counts, no
+    masks), each layer's largest code, the layers skipped for NaN/Inf (name → reason) and
+    the layers' sources."""
+    _, layers, skipped, sources = _find(model, base, selection, {})
     bad = scan(sources, config.granularity)
     if bad:
         earlier = sources
-        _, layers, _, sources = _find(model, base, selection, bad)
+        _, layers, skipped, sources = _find(model, base, selection, bad)
         _carry(sources, earlier)
+    ranges = {s.name: s.ranges for s in sources if s.ranges is not None}
+    if isinstance(config, AnncConfig):
+        views = [_SolverView(s) for s in sources]
+        plan = solve_budget(views, layers, config, kept_names(layers, selection, budget=True),
+                            float_params(skipped), model, masks=False)
+        plan = rescale(plan, layers, ranges)
+        return plan, [_largest_code(p, s) for p, s in zip(plan.layers, sources)], bad, sources
+    if output.format != "qdq" or not output.int4:
+        config = replace(config, fit_int4=False)
     plan = solve_sources(sources, config, kept_names(layers, selection))  # masks None: see `_rewrite`
-    plan = rescale(plan, layers, {s.name: s.ranges for s in sources if s.ranges is not None})
+    plan = rescale(plan, layers, ranges)
     return plan, [_max_code(p, s.kept_max, s.kept_count) for p, s in zip(plan.layers, sources)], bad, sources
+
+
+class _SolverView:
+    """A `WeightArray` over a `_Source` for the budget solver: each read of `values` copies
+    the layer (normalised by its channel ranges) out of the file and releases its pages, so
+    the resident set holds one layer however often the solver reads."""
+
+    def __init__(self, source: _Source):
+        self.source, self.name, self.axis, self.groups = source, source.name, source.axis, source.groups
+        ranges = source.ranges
+        self.extra_param_bits = 0 if ranges is None else 32 * (ranges.size - 1)
+
+    @property
+    def values(self) -> np.ndarray:
+        values = np.array(self.source.values())  # a copy: the mapped pages go back at once
+        self.source.release()
+        return values
+
+
+def _largest_code(plan: LayerPlan, source: _Source) -> int:
+    """The layer's largest |code| under `plan`, as the rewrite will store it."""
+    mask, shape = plan.mask_for(source.values()), tuple(source.layer.values.shape)
+    codes = quantize_codes(source.raw(), mask, plan.steps_for(shape), plan.keep_survivors, plan.max_code)
+    source.release()
+    return int(np.abs(codes).max(initial=0))
 
 
 def compress_streaming(model: onnx.ModelProto, src, dst, config: OpqConfig, selection: Selection,
@@ -303,9 +337,7 @@ def compress_streaming(model: onnx.ModelProto, src, dst, config: OpqConfig, sele
     base, dst = Path(src).parent.resolve(), Path(dst)
     _refuse_overwriting_input(model, base, dst)
     plan, max_codes, bad, sources = plan_streaming(model, base, config, selection, output)
-    notes = []
-    if not plan.diagnostics.get("bits_target_met", True):
-        notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
+    notes = solve_notes(plan, config)
     settings = {"method": plan.method, "config": asdict(config), "notes": notes}
     with contextlib.chdir(base):  # onnx.checker resolves the external data of a proto from the cwd
         model, int4 = upgrade_for(model, plan, max_codes, output, notes)

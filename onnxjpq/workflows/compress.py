@@ -52,10 +52,12 @@ def _run(model, config, selection, output, activations, progress, calib):
 
 def streamable(model: onnx.ModelProto, config, output: OutputConfig, activations, calib) -> bool:
     """Whether `compress_file` takes the streaming path: the model (loaded without its
-    external data) keeps tensors in external data, and the settings are a plain OPQ
-    solve (Laplace ratios) written as qdq or float, without calibration data."""
-    return (type(config) is OpqConfig and config.prune_mode == "laplace" and calib is None
-            and output.format in ("qdq", "float") and activations is None
+    external data) keeps tensors in external data, and the settings need no whole-model
+    onnxruntime session: a data-free OPQ solve (Laplace ratios) or budget (--rate,
+    --size-kb, any objective), written as qdq or float. Calibration data, activation
+    quantization, the accuracy search and sparse storage load the whole model."""
+    solve = (type(config) is OpqConfig and config.prune_mode == "laplace") or type(config) is AnncConfig
+    return (solve and calib is None and output.format in ("qdq", "float") and activations is None
             and uses_external_data(model))
 
 

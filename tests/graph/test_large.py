@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxjpq import ModelError, OpqConfig, OptionError, compress_file
+from onnxjpq.methods.annc import AnncConfig
 from onnxjpq.pipeline import stream
 from onnxjpq.pipeline.compress import OutputConfig
 from onnxjpq.workflows.compress import streamable
@@ -78,6 +79,12 @@ def _without_bytes(report: dict) -> str:
     (OpqConfig(bits=4), OutputConfig(), False),
     (OpqConfig(prune=0.3, bits=3, keep_survivors=False, granularity="channel"), OutputConfig(), True),
     (OpqConfig(prune=0.5, bits=4), OutputConfig(format="float"), True),
+    (AnncConfig(rate=16), OutputConfig(), True),
+    (AnncConfig(rate=8), OutputConfig(), False),
+    (AnncConfig(rate=12, granularity="channel", min_bits=3), OutputConfig(), True),
+    (AnncConfig(rate=24, objective="bops"), OutputConfig(), True),
+    (AnncConfig(rate=10, objective="paper", pow2=True), OutputConfig(format="float"), True),
+    (AnncConfig(size_kb=6), OutputConfig(), True),
 ])
 def test_streaming_output_equals_the_in_memory_output(tmp_path, monkeypatch, config, output, placeholders):
     if placeholders:  # every float tensor read from the file only when a pass needs it
