@@ -2,41 +2,35 @@
 
 The packed format stores what METHODS.md §1 counts (`core.storage.storage_bits`):
 
-- **Values**: one stream per code width w = ⌈log2(2m+1)⌉ (1..16). A stream holds
-  the codes of the channels of that width as unsigned offsets u = q + 2^(w−1).
-  Since m ≤ 2^(w−1) − 1, 0 ≤ u < 2^w. A channel whose codes are all 0 (w = 0)
-  stores nothing.
+- **Block**: the codes as `to_channels` rows, the channels holding a non-zero
+  code sorted by width (stable), so each width's channels are contiguous rows.
+  `rows` gives each output channel its block row; all-zero channels read one
+  shared zero row after the block, so they store nothing.
+- **Values**: one stream per code width w = ⌈log2(2m+1)⌉ (1..16), the codes of
+  its rows as unsigned u = q + 2^(w−1). Since m ≤ 2^(w−1) − 1, 1 ≤ u < 2^w:
+  u = 0 never holds a code, and marks the positions no stream fills.
 - **Bit planes**: a w-bit stream is split into planes of 8, 4, 2 and 1 bits, the
   binary digits of w (3 = 2+1, 7 = 4+2+1, 12 = 8+4), most significant first.
-  A plane of b bits packs k = 8/b fields per byte, so only the last byte of a
-  plane has unused bits. Fields are strided: field i of n lies in byte i mod B
-  at slot i div B (B = ⌈n/k⌉ bytes), so a decoder's shifts broadcast over whole
-  rows of bytes.
-- **Sparsity** (pruned layers): the cheaper of
-  - a bitmask, one bit per position (a 1-bit stream);
-  - a relative index: r-bit runs (r = 1..8), the zeros before each kept code. A
-    gap of 2^r or more zeros takes filler entries (run 2^r − 1, then a zero code
-    in the value streams), each moving on 2^r positions, as `storage.index_bits`
-    counts them.
-  Then the value streams hold only the kept codes (and the fillers' zeros).
-  Storing every code is used when that is cheaper still.
-- **Steps**: float32, one per tensor or one per non-zero channel.
+  A b-bit plane packs k = 8/b fields a byte, so only a plane's last byte has
+  unused bits. Fields are strided: field i of n lies in byte i mod B at slot
+  i div B (B = ⌈n/k⌉ bytes), so a decoder's shifts broadcast over whole rows.
+- **Sparsity** (pruned layers), the cheapest of: every code stored; a bitmask
+  (one bit a position) with only the kept codes in the streams; a relative
+  index of r-bit runs (r = 1..8) of zeros before each kept code, a gap of 2^r
+  zeros or more taking filler entries (run 2^r − 1, then a zero code in the
+  streams), each moving on 2^r positions, as `storage.index_bits` counts them.
+- **Steps**: float32, one per tensor or one per block row.
 
-Layout: when all channels have one width, the codes are streamed in the weight's
-own C order. Otherwise they are streamed channel by channel (`to_channels`
-order), channels sorted by width (stable), so each width's channels are one
-contiguous block. `rows` then gives, for each output channel, its row in the
-decoded block; all-zero channels read one shared zero row after the block.
-
-Decoding (`decode`, and the ONNX graph of `rewrite/packed.py`) runs:
-planes → fields → u − 2^(w−1) → concatenation → scatter to the kept positions
-→ × step → rows → the weight's shape.
+Decoding (`decode`, and the ONNX graph of `rewrite/packed.py`) assembles the
+block of u in uint8 (uint16 past 8 bits), then looks every u up in its row's
+table T[r, u] = (u − 2^(w_r−1))·step_r (T[r, 0] = 0), then puts the rows back
+in the weight's layout.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -135,17 +129,22 @@ class PackedLayer:
     shape: tuple[int, ...]
     axis: int | None
     groups: int
-    order: str  # "weight": C order of `shape`; "channel": to_channels rows, sorted by width
-    block: tuple[int, ...]  # the shape decoded values take before `rows`: `shape`, or (rows, per channel)
+    block: tuple[int, int]  # (rows holding a non-zero code, weights per channel)
     values: tuple[Stream, ...]  # one per width, widths ascending; () when every code is 0
+    channels: tuple[int, ...]  # block rows of each value stream's width
     sparsity: str  # "dense" (every code stored), "mask" or "runs"
     index: Stream | None  # the bitmask or the runs; None when dense
-    steps: np.ndarray  # float32, broadcasting to `block`; empty when every code is 0
-    rows: np.ndarray | None  # "channel" order: block row of each output channel; None = identity
+    steps: np.ndarray  # float32: () one step, or (block rows, 1); empty when every code is 0
+    rows: np.ndarray | None  # block row of each output channel (the zero row after the block); None: identity
 
     @property
     def run_width(self) -> int | None:
         return self.index.width if self.sparsity == "runs" else None
+
+    @property
+    def table_width(self) -> int:
+        """Bits of the largest u: a row's table has 2^table_width entries."""
+        return max((s.width for s in self.values), default=0)
 
     def arrays(self) -> list[np.ndarray]:
         """Every array stored, in a fixed order."""
@@ -168,46 +167,36 @@ def encode(codes: np.ndarray, axis: int | None, groups: int = 1,
     is one float or one per output channel (in to_channels order).
 
     >>> p = encode(np.array([[0, 3, -3], [0, 0, 0]]), axis=0, steps=0.5)
-    >>> p.order, [s.width for s in p.values], p.sparsity, decode(p).tolist()
-    ('channel', [3], 'dense', [[0.0, 1.5, -1.5], [0.0, 0.0, 0.0]])
+    >>> p.block, [s.width for s in p.values], p.rows.tolist(), decode(p).tolist()
+    ((1, 3), [3], [0, 1], [[0.0, 1.5, -1.5], [0.0, 0.0, 0.0]])
     """
     codes = np.asarray(codes)
     shape = tuple(int(d) for d in codes.shape)
     axis = None if axis is None or codes.ndim == 0 else axis % codes.ndim
     chan = to_channels(codes, axis, groups)
-    n_channels = chan.shape[0]
+    n_channels, per_channel = chan.shape
     step_array = np.asarray(steps, np.float32)
     if step_array.ndim and step_array.size != n_channels:
         raise ValueError(f"{step_array.size} steps for {n_channels} channels")
-    widths = (code_width(np.abs(chan).max(axis=1)) if chan.size else np.zeros(n_channels, np.int64))
-    if widths.max(initial=0) > MAX_WIDTH:
-        raise ValueError(f"codes up to ±{int(np.abs(chan).max())} need {int(widths.max())} bits; "
-                         f"the packed format holds at most {MAX_WIDTH}")
-    if not widths.any():
-        return PackedLayer(shape, axis, groups, "weight", shape, (), "dense", None,
+    widths = code_width(np.abs(chan).max(axis=1)) if chan.size else np.zeros(n_channels, np.int64)
+    largest = int(widths.max(initial=0))
+    if largest > MAX_WIDTH or (largest > 8 and 1 << largest > max(per_channel, 4096)):
+        raise ValueError(f"codes up to ±{int(np.abs(chan).max())} need {largest} bits: too wide for the "
+                         f"packed format (at most 8 bits, or {MAX_WIDTH} where 2^bits <= max(4096, weights a channel))")
+    if not largest:
+        return PackedLayer(shape, axis, groups, (0, per_channel), (), (), "dense", None,
                            np.zeros(0, np.float32), None)
-    if np.all(widths == widths[0]) and not (step_array.ndim and groups > 1):
-        flat, bounds = codes.reshape(-1), [(int(widths[0]), 0, codes.size)]
-        view = [1] * codes.ndim
-        if axis is not None:
-            view[axis] = -1
-        block_steps = step_array.reshape(view) if step_array.ndim else step_array
-        return _pack_values(shape, axis, groups, "weight", shape, flat, bounds, block_steps, None)
     kept = np.flatnonzero(widths)
     order = kept[np.argsort(widths[kept], kind="stable")]
-    per_channel = chan.shape[1]
-    bounds, start = [], 0
-    for width in np.unique(widths[order]):
-        stop = start + int(np.count_nonzero(widths == width)) * per_channel
-        bounds.append((int(width), start, stop))
-        start = stop
+    stream_widths, channels = np.unique(widths[order], return_counts=True)
     rows = np.full(n_channels, order.size, np.int64)
     rows[order] = np.arange(order.size)
-    rows = None if order.size == n_channels and np.array_equal(order, np.arange(n_channels)) else \
-        rows.astype(_index_dtype(order.size))
+    identity = order.size == n_channels and np.array_equal(order, np.arange(n_channels))
     block_steps = step_array[order].reshape(-1, 1) if step_array.ndim else step_array
-    return _pack_values(shape, axis, groups, "channel", (order.size, per_channel),
-                        chan[order].reshape(-1), bounds, block_steps, rows)
+    values, sparsity, index = _pack_block(chan[order].reshape(-1), stream_widths.tolist(),
+                                          (channels * per_channel).tolist())
+    return PackedLayer(shape, axis, groups, (order.size, per_channel), values, tuple(channels.tolist()),
+                       sparsity, index, block_steps, None if identity else rows.astype(_index_dtype(order.size)))
 
 
 def _index_dtype(largest: int) -> np.dtype:
@@ -217,51 +206,48 @@ def _index_dtype(largest: int) -> np.dtype:
     raise ValueError(f"{largest} channels")
 
 
-def _pack_values(shape, axis, groups, order, block, flat, bounds, steps, rows) -> PackedLayer:
-    """Choose dense, bitmask or runs for the codes `flat` (block order) and pack them.
+def _pack_block(flat: np.ndarray, widths: list[int], sizes: list[int]
+                ) -> tuple[tuple[Stream, ...], str, Stream | None]:
+    """The value streams and index of the block's codes `flat`: the cheapest of dense, mask, runs.
 
-    `bounds` are (width, start, stop): each width's range of positions in `flat`.
+    Width widths[i] covers sizes[i] positions of `flat`, in order.
     """
+    starts = np.cumsum([0] + sizes[:-1]).tolist()
     positions = np.flatnonzero(flat)
-    starts = [start for _, start, _ in bounds]
-    dense = sum(stream_bytes(w, stop - start) for w, start, stop in bounds)
+
+    def streams(entries: np.ndarray, entry_codes: np.ndarray) -> tuple[Stream, ...]:
+        cuts = np.searchsorted(entries, starts + [flat.size])
+        return tuple(pack_stream(entry_codes[lo:hi].astype(np.int64) + (1 << (w - 1)), w)
+                     for w, lo, hi in zip(widths, cuts[:-1], cuts[1:]))
+
+    def value_bytes(entries: np.ndarray) -> int:
+        counts = np.diff(np.searchsorted(entries, starts + [flat.size]))
+        return sum(stream_bytes(w, int(n)) for w, n in zip(widths, counts))
+
+    dense = sum(stream_bytes(w, n) for w, n in zip(widths, sizes))
     if positions.size == flat.size:  # nothing pruned: no index can help
-        values = tuple(pack_stream(flat[start:stop].astype(np.int64) + (1 << (w - 1)), w)
-                       for w, start, stop in bounds)
-        return PackedLayer(shape, axis, groups, order, tuple(block), values, "dense", None,
-                           np.asarray(steps, np.float32), rows)
-    kept_counts = np.diff(np.searchsorted(positions, starts + [flat.size]))
-    mask = stream_bytes(1, flat.size) + sum(stream_bytes(w, int(n)) for (w, _, _), n in zip(bounds, kept_counts))
-    run_width = _best_run_width(positions, bounds, kept_counts)
-    runs, kept_at = _runs(positions, run_width) if positions.size else (np.zeros(0, np.uint32), positions)
+        return streams(np.arange(flat.size), flat), "dense", None
+    mask = stream_bytes(1, flat.size) + value_bytes(positions)
+    run_width = _best_run_width(positions, widths, np.diff(np.searchsorted(positions, starts + [flat.size])))
+    runs, kept_at = _runs(positions, run_width)
     entry_at = np.cumsum(runs.astype(np.int64) + 1) - 1
-    entry_counts = np.diff(np.searchsorted(entry_at, starts + [flat.size]))
-    relative = stream_bytes(run_width, runs.size) + sum(
-        stream_bytes(w, int(n)) for (w, _, _), n in zip(bounds, entry_counts))
+    relative = stream_bytes(run_width, runs.size) + value_bytes(entry_at)
     best = min(dense, mask, relative)
     if best == dense:
-        sparsity, index, entries, entry_codes = "dense", None, np.arange(flat.size), flat
-    elif best == mask:
-        sparsity, index = "mask", pack_stream(flat != 0, 1)
-        entries, entry_codes = positions, flat[positions]
-    else:
-        sparsity, index = "runs", pack_stream(runs, run_width)
-        entry_codes = np.zeros(runs.size, flat.dtype)
-        entry_codes[kept_at] = flat[positions]
-        entries = entry_at
-    cuts = np.searchsorted(entries, starts + [flat.size])
-    values = tuple(pack_stream(entry_codes[lo:hi].astype(np.int64) + (1 << (w - 1)), w)
-                   for (w, _, _), lo, hi in zip(bounds, cuts[:-1], cuts[1:]))
-    return PackedLayer(shape, axis, groups, order, tuple(block), values, sparsity, index,
-                       np.asarray(steps, np.float32), rows)
+        return streams(np.arange(flat.size), flat), "dense", None
+    if best == mask:
+        return streams(positions, flat[positions]), "mask", pack_stream(flat != 0, 1)
+    entry_codes = np.zeros(runs.size, flat.dtype)
+    entry_codes[kept_at] = flat[positions]
+    return streams(entry_at, entry_codes), "runs", pack_stream(runs, run_width)
 
 
-def _best_run_width(positions: np.ndarray, bounds, kept_counts) -> int:
+def _best_run_width(positions: np.ndarray, widths: list[int], kept_counts: np.ndarray) -> int:
     """The run width r minimising storage.index_bits' relative-index cost."""
     if not positions.size:
         return 1
     gaps = np.diff(positions, prepend=-1) - 1
-    mean_width = sum(w * int(n) for (w, _, _), n in zip(bounds, kept_counts)) / positions.size
+    mean_width = sum(w * int(n) for w, n in zip(widths, kept_counts)) / positions.size
     costs = []
     for r in RUN_WIDTHS:
         fillers = int((gaps >> r).sum())
@@ -301,28 +287,47 @@ def channel_view(shape: tuple[int, ...], axis: int | None, groups: int) -> tuple
     return moved, tuple(0 if i == axis else i + 1 if i < axis else i for i in range(len(shape)))
 
 
-def _block_codes(packed: PackedLayer) -> np.ndarray:
-    """The codes in block order and shape, before the steps and rows (the ONNX decoder's steps)."""
-    parts = [unpack_stream(s).astype(np.int32) - (1 << (s.width - 1)) for s in packed.values]
-    values = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+def block_fields(packed: PackedLayer) -> np.ndarray:
+    """The block of u, with the zero row when some channel is all zero (u = 0: zero)."""
+    parts = [unpack_stream(s) for s in packed.values]
+    values = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+    size = math.prod(packed.block)
     if packed.sparsity == "dense":
-        flat = values if values.size else np.zeros(math.prod(packed.block), np.int32)
-    elif packed.sparsity == "mask":  # each position's rank among the kept, 0 if pruned
+        flat = values
+    elif packed.sparsity == "mask":  # each position's rank among the kept (1-based), 0 if pruned
         mask = unpack_stream(packed.index).astype(np.int64)
         flat = np.concatenate([[0], values])[np.cumsum(mask) * mask]
     else:
-        flat = np.zeros(math.prod(packed.block), np.int32)
+        flat = np.zeros(size, np.uint32)
         flat[np.cumsum(unpack_stream(packed.index).astype(np.int64) + 1) - 1] = values
-    return flat.reshape(packed.block)
+    block = flat.reshape(packed.block)
+    if packed.rows is not None and packed.rows.size > packed.block[0]:
+        block = np.concatenate([block, np.zeros((1, packed.block[1]), block.dtype)])
+    return block
+
+
+def row_offsets(packed: PackedLayer) -> np.ndarray:
+    """2^(w−1) of each block row (0 for the zero row), as float32 [rows, 1]."""
+    offsets = np.repeat([float(1 << (s.width - 1)) for s in packed.values], packed.channels)
+    extra = [0.0] if packed.rows is not None and packed.rows.size > packed.block[0] else []
+    return np.concatenate([offsets, extra]).astype(np.float32).reshape(-1, 1)
+
+
+def row_steps(packed: PackedLayer) -> np.ndarray:
+    """The steps broadcasting to the block's rows: () or [rows, 1] (0 for the zero row)."""
+    if packed.steps.ndim == 0 or packed.rows is None or packed.rows.size == packed.block[0]:
+        return packed.steps
+    return np.concatenate([packed.steps, np.zeros((1, 1), np.float32)])
+
+
+def tables(packed: PackedLayer) -> np.ndarray:
+    """T[r, u] = (u − 2^(w_r−1))·step_r, T[r, 0] = 0: float32 [rows, 2^table_width]."""
+    u = np.arange(1 << packed.table_width, dtype=np.float32)
+    return np.where(u == 0, np.float32(0), u - row_offsets(packed)) * row_steps(packed)
 
 
 def _restore(packed: PackedLayer, block: np.ndarray) -> np.ndarray:
-    """The block in the weight's shape: zero row and rows for channel order, then the view."""
-    if packed.order == "weight":
-        return block.reshape(packed.shape)
-    n_channels = to_channels(np.empty(packed.shape, np.bool_), packed.axis, packed.groups).shape[0]
-    if block.shape[0] < n_channels:
-        block = np.concatenate([block, np.zeros((1, block.shape[1]), block.dtype)])
+    """Channel rows (rows applied) back in the weight's layout."""
     if packed.rows is not None:
         block = block[packed.rows.astype(np.int64)]
     view, perm = channel_view(packed.shape, packed.axis, packed.groups)
@@ -331,14 +336,19 @@ def _restore(packed: PackedLayer, block: np.ndarray) -> np.ndarray:
 
 def decode_codes(packed: PackedLayer) -> np.ndarray:
     """The integer codes `encode` was given (int32)."""
-    return _restore(packed, _block_codes(packed))
+    if not packed.values:
+        return np.zeros(packed.shape, np.int32)
+    u = block_fields(packed).astype(np.int32)
+    return _restore(packed, np.where(u == 0, 0, u - row_offsets(packed).astype(np.int32)))
 
 
 def decode(packed: PackedLayer) -> np.ndarray:
-    """The float32 weights: codes × steps, computed as the ONNX decoder does."""
+    """The float32 weights: each u looked up in its row's table, as the ONNX decoder does."""
     if not packed.values:
         return np.zeros(packed.shape, np.float32)
-    return _restore(packed, _block_codes(packed).astype(np.float32) * packed.steps)
+    rows = slice(None) if packed.rows is None else packed.rows.astype(np.int64)
+    table, u = tables(packed)[rows], block_fields(packed)[rows].astype(np.int64)
+    return _restore(replace(packed, rows=None), np.take_along_axis(table, u, axis=1))
 
 
 def describe(packed: PackedLayer) -> str:
