@@ -16,14 +16,29 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def bounded_threads(threads: int) -> int:
+    """An intra-op thread count of at most the usable cores (more only contend: 1024 threads
+    on a few cores run for hours); 0 stays onnxruntime's own default."""
+    return min(threads, cpu_cores())
+
+
 def session(model: str | os.PathLike | bytes | onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session; `threads` intra-op threads (0: onnxruntime's default), capped at the cores."""
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif not isinstance(model, bytes):
         model = str(model)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = bounded_threads(threads)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import OptionError
+from ..errors import DataError, OptionError
 from ..runtime.data import Dataset
 from ..runtime.sessions import fixed_batch, run_samples, session
 
@@ -281,6 +281,9 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     skipped = {s["name"] for s in report["skipped"]}
     exclude = tuple(n.name for n in _named(compressed).graph.node if skipped & set(n.input))
     qmodel, info = quantize_activations(compressed, steps, calib, config, exclude)
+    if np.isnan(info["output_snr_db"]):  # never write a model whose measured fidelity is undefined
+        raise DataError("the activation-quantized model's output SNR on the calibration data is NaN (the "
+                        "model's outputs on it hold NaN or Inf); nothing was written")
     for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(qmodel, key, getattr(compressed, key))
     del qmodel.metadata_props[:]

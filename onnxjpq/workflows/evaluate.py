@@ -8,6 +8,10 @@ Metrics (pure numpy, accumulated batch by batch so memory stays bounded):
     cosine     = mean over samples of cos(ref_i, cand_i), each output flattened per sample
     max_abs    = max |ref − cand|
 
+The headline is the fidelity measure that fits output 0 (`workflows.fidelity`:
+accuracy or top-1 agreement for class scores, cosine for embeddings and
+feature maps, SNR for regressions), as points out of 100.
+
 `evaluate_files` runs both models in onnxruntime on the same batches, times
 one batch on each (median of interleaved runs at a stated intra-op thread
 count), and reads the file sizes and the compression totals that
@@ -26,6 +30,7 @@ import onnx
 
 from ..errors import DataError, ModelError, OptionError, ValidationError
 from ..graph.io import file_bytes
+from .fidelity import Metric, choose_metric, describe, points
 
 
 # ---------------------------------------------------------------- pure metrics
@@ -227,6 +232,7 @@ class EvalConfig:
     runs: int = 50
     warmup: int = 5
     labels_key: str = "labels"
+    metric: str = "auto"  # or a workflows.fidelity.METRICS name
 
     def __post_init__(self):
         for name, low in (("batch", 1), ("threads", 0), ("runs", 0), ("warmup", 0)):
@@ -244,6 +250,37 @@ def stored_totals(path: str | os.PathLike) -> dict | None:
         return None
 
 
+def _signature(sess) -> dict[str, str]:
+    return {i.name: f"{i.name} [{', '.join(str(d) for d in (i.shape if isinstance(i.shape, list) else []))}] "
+                    f"{i.type}" for i in sess.get_inputs()}
+
+
+def check_same_inputs(ref_sess, cand_sess, ref_path, cand_path) -> None:
+    """Refuse two models whose inputs differ in names, element types, ranks or fixed sizes."""
+    ref, cand = ({i.name: i for i in s.get_inputs()} for s in (ref_sess, cand_sess))
+
+    def clash(a, b) -> bool:
+        if a.type != b.type or not isinstance(a.shape, list) or not isinstance(b.shape, list):
+            return a.type != b.type
+        return len(a.shape) != len(b.shape) or any(
+            isinstance(x, int) and isinstance(y, int) and x > 0 and y > 0 and x != y for x, y in zip(a.shape, b.shape))
+
+    if sorted(ref) != sorted(cand) or any(clash(ref[n], cand[n]) for n in ref):
+        show = [", ".join(_signature(s).values()) for s in (ref_sess, cand_sess)]
+        raise ModelError(f"the models take different inputs: {ref_path} takes {show[0]}; {cand_path} takes "
+                         f"{show[1]}; compare a model with its own compressed version")
+
+
+def fidelity(result: Comparison, metric: Metric) -> dict:
+    """The chosen measure for output 0 as points (reference and candidate) and the points lost."""
+    measured = {"accuracy": result.accuracy, "agreement": result.agreement,
+                "cosine": result.outputs[0]["cosine"], "snr_db": result.snr_db}
+    cand = points(metric.name, **measured)
+    ref = result.ref_accuracy if metric.name == "accuracy" else 100.0
+    return {"metric": metric.name, "reason": metric.reason, "unit": describe(metric.name),
+            "reference": ref, "candidate": cand, "drop": ref - cand}
+
+
 def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalConfig = EvalConfig(),
                    progress=None) -> dict:
     """Compare CAND with REF on `data` (an .npz or a `module:function`); the figures as a dict."""
@@ -251,11 +288,12 @@ def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalCon
     from ..runtime.sessions import median_latency_ms, open_session
 
     ref_sess, cand_sess = open_session(ref_path, config.threads), open_session(cand_path, config.threads)
-    ref_inputs, cand_inputs = ([i.name for i in s.get_inputs()] for s in (ref_sess, cand_sess))
-    if sorted(ref_inputs) != sorted(cand_inputs):
-        raise ModelError(f"the models take different inputs: {', '.join(ref_inputs)} and {', '.join(cand_inputs)}")
+    check_same_inputs(ref_sess, cand_sess, ref_path, cand_path)
     batches = open_batches(data, ref_sess, config.batch, config.labels_key)
     result = compare(ref_sess, cand_sess, batches, progress)
+    first = result.outputs[0]
+    metric = choose_metric(first["name"], first["shape"][1:], result.labelled,
+                           onnx.load_model(str(ref_path), load_external_data=False), config.metric)
     latency, timed_batch = [None, None], None
     if config.runs:
         feed, _ = next(iter(batches))
@@ -268,7 +306,8 @@ def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalCon
                "max_abs": result.outputs[0]["max_abs"], "latency_ms": latency[1], "ref_latency_ms": latency[0],
                "latency_ratio": latency[1] / latency[0] if latency[0] else None}
     return {"ref": str(ref_path), "cand": str(cand_path), "data": str(data), "samples": result.samples,
-            "labelled": result.labelled, "threads": config.threads, "batch": config.batch,
+            "labelled": result.labelled, "labels": batches.info.get("labels_key"),
+            "fidelity": fidelity(result, metric), "threads": config.threads, "batch": config.batch,
             "timing": {"runs": config.runs, "warmup": config.warmup, "batch": timed_batch},
             "metrics": metrics, "outputs": result.outputs,
             "sizes": {"bytes_ref": bytes_ref, "bytes_cand": bytes_cand, "size_ratio": bytes_ref / bytes_cand},
@@ -276,17 +315,11 @@ def evaluate_files(ref_path, cand_path, data: str | os.PathLike, config: EvalCon
 
 
 def check_drop(result: dict, max_drop: float) -> None:
-    """Raise ValidationError when the candidate loses more than `max_drop` points: top-1 accuracy
-    points with labels, else points of top-1 disagreement with the reference."""
-    m = result["metrics"]
-    if m["accuracy_drop"] is not None:
-        drop, what = m["accuracy_drop"], "accuracy"
-    elif m["agreement"] is not None:
-        drop, what = 100.0 - m["agreement"], "agreement"
-    else:
-        raise OptionError("--max-drop needs a class axis in output 0 (top-1 accuracy or agreement)")
-    if drop > max_drop:
-        raise ValidationError(f"{result['cand']} loses {drop:.2f} {what} points on {result['data']}, "
+    """Raise ValidationError when the candidate loses more than `max_drop` points of the fidelity
+    measure (top-1 accuracy, agreement, cosine or output energy; see `workflows.fidelity`)."""
+    found = result["fidelity"]
+    if not found["drop"] <= max_drop:
+        raise ValidationError(f"{result['cand']} loses {found['drop']:.2f} {found['unit']} on {result['data']}, "
                               f"more than --max-drop {max_drop:g}")
 
 
@@ -306,6 +339,12 @@ def to_json(result: dict) -> str:
 # ---------------------------------------------------------------- printing
 
 
+def _points(drop: float) -> str:
+    """Points lost, never '-0.00'."""
+    text = f"{drop:.2f}"
+    return ("0.00" if text == "-0.00" else text) + " points"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} %"
 
@@ -322,7 +361,8 @@ def print_evaluation(result: dict, console) -> None:
     table = Table(title=f"onnxjpq eval: {result['samples']:,} samples from {result['data']}", header_style="bold")
     for col in ("", "reference", "candidate", "candidate / reference"):
         table.add_column(col, justify="left" if not col else "right")
-    if result["labelled"]:
+    fid = result["fidelity"]
+    if result["labelled"] and fid["metric"] in ("accuracy", "agreement"):
         table.add_row("top-1 accuracy", _pct(m["ref_accuracy"]), _pct(m["accuracy"]),
                       f"{-m['accuracy_drop']:+.2f} points")
     if m["latency_ms"] is not None:
@@ -339,8 +379,13 @@ def print_evaluation(result: dict, console) -> None:
         outputs.add_row(o["name"], "x".join(map(str, o["shape"])), _fmt(o["snr_db"], ".2f"),
                         _fmt(o["cosine"], ".6f"), _fmt(o["max_abs"], ".4g"))
     console.print(outputs)
-    if m["agreement"] is not None:
+    if m["agreement"] is not None and fid["metric"] in ("accuracy", "agreement"):
         console.print(f"top-1 agreement with the reference: {m['agreement']:.2f} %")
+    console.print(f"fidelity by {fid['metric']} ({fid['reason']}; --metric chooses another): "
+                  f"{fid['candidate']:.2f} points against the reference's {fid['reference']:.2f}, "
+                  f"{_points(fid['drop'])} lost")
+    if result["labels"]:
+        console.print(f"labels: the array {result['labels']!r} of {result['data']} (--labels chooses another)")
     totals = result["totals"] or {}
     if all(k in totals for k in ("prune_ratio", "avg_bits", "rate", "storage_rate")):
         console.print(f"stored compression totals: pruned {totals['prune_ratio']:.2%}  avg bits "

@@ -1,8 +1,11 @@
 """Accuracy-aware search: the highest storage rate whose measured drop stays within a limit.
 
-The drop is measured with onnxruntime on the user's data: top-1 accuracy
-points lost when the data has labels, else points of top-1 disagreement with
-the fp32 model. The rate is searched geometrically upwards from a safe start
+The drop is measured with onnxruntime on the user's data, in points of the
+fidelity measure that fits output 0 (`workflows.fidelity`): top-1 accuracy
+when the data has labels and the output is class scores, top-1 agreement with
+the fp32 model without labels, 100 x mean cosine for embeddings and feature
+maps, output-energy points (SNR) for one value per sample; `metric` overrides
+the choice. The rate is searched geometrically upwards from a safe start
 until a point fails, then bisected between the last pass and the first
 failure; every evaluation is recorded in the report.
 """
@@ -21,6 +24,8 @@ from ..graph.layers import Selection
 from ..methods.annc import AnncConfig
 from ..runtime.data import Dataset
 from ..runtime.sessions import accuracy, predict, session
+from .evaluate import cosine, snr_db
+from .fidelity import choose_metric, describe, points
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,13 @@ class SearchConfig:
     `budget` carries every other budget option (bits bounds, objective, granularity);
     the search only changes its rate."""
 
-    max_drop: float  # accuracy points (or agreement points without labels)
+    max_drop: float  # points of the fidelity measure (see workflows.fidelity)
     data_path: str = ""
     start_rate: float = 4.0
     max_rate: float = 512.0
     bisections: int = 5
     budget: AnncConfig = field(default_factory=lambda: AnncConfig(rate=4.0))
+    metric: str = "auto"  # or a workflows.fidelity.METRICS name
 
     def __post_init__(self):
         if not self.max_drop >= 0:
@@ -44,10 +50,15 @@ class SearchConfig:
             raise OptionError("search rates must satisfy 1 < start < max")
 
 
-def _score(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> float:
-    if labels is not None:
-        return accuracy(logits, labels)
-    return accuracy(logits, reference.reshape(len(reference), -1).argmax(axis=1))
+def _score(metric: str, output: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> float:
+    """Points out of 100 of `output` against the fp32 `reference` (accuracy: against the labels)."""
+    if metric == "accuracy":
+        return accuracy(output, labels)
+    if metric == "agreement":
+        return accuracy(output, reference.reshape(len(reference), -1).argmax(axis=1))
+    if metric == "cosine":
+        return points("cosine", cosine=cosine(reference, output))
+    return points("snr", snr_db=snr_db(reference, output))
 
 
 def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
@@ -55,7 +66,9 @@ def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
                 progress=None) -> tuple[onnx.ModelProto, dict]:
     """Compress at the highest rate whose measured drop is within `search.max_drop`."""
     ref_logits = predict(session(model), data)
-    ref_score = _score(ref_logits, ref_logits, data.labels)
+    metric = choose_metric(model.graph.output[0].name, list(ref_logits.shape[1:]), data.labels is not None, model,
+                           search.metric)
+    ref_score = _score(metric.name, ref_logits, ref_logits, data.labels)
     evaluations, best = [], None
 
     def evaluate(rate: float) -> bool:
@@ -66,7 +79,7 @@ def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
         except OptionError:  # the budget is out of reach: as good as a failure
             evaluations.append({"rate": rate, "feasible": False, "ok": False})
             return False
-        drop = ref_score - _score(predict(session(out), data), ref_logits, data.labels)
+        drop = ref_score - _score(metric.name, predict(session(out), data), ref_logits, data.labels)
         ok = drop <= search.max_drop
         evaluations.append({"rate": rate, "storage_rate": report["totals"]["storage_rate"],
                             "score": ref_score - drop, "drop": drop, "ok": ok})
@@ -78,8 +91,9 @@ def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
 
     lo, hi = search.start_rate, None
     if not evaluate(lo):
-        raise ValidationError(f"even rate {lo:g}x loses more than {search.max_drop:g} points "
-                          f"({evaluations[-1].get('drop', float('nan')):.2f}); use --prune/--bits")
+        raise ValidationError(f"even rate {lo:g}x loses more than {search.max_drop:g} {describe(metric.name)} "
+                              f"({evaluations[-1].get('drop', float('nan')):.2f}; {metric.reason}); "
+                              "use --prune/--bits")
     while hi is None and lo < search.max_rate:
         nxt = min(lo * 2, search.max_rate)
         if evaluate(nxt):
@@ -91,6 +105,7 @@ def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
         lo, hi = (mid, hi) if evaluate(mid) else (lo, mid)
     rate, out, report = best
     report["search"] = {"max_drop": search.max_drop, "reference_score": ref_score,
-                        "metric": "accuracy" if data.labels is not None else "agreement",
+                        "metric": metric.name, "metric_reason": metric.reason, "unit": describe(metric.name),
+                        "labels": data.labels_key if data.labels is not None else None,
                         "chosen_rate": rate, "evaluations": evaluations}
     return out, report
