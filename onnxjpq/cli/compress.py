@@ -45,6 +45,10 @@ from .options import method_config, selection_from, with_selection
                    "(agreement points with the fp32 model when the data has no labels).")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False),
               help="With --max-drop: .npz of model inputs (and labels) to measure on.")
+@click.option("--metric", type=click.Choice(["auto", "accuracy", "agreement", "cosine", "snr"]), default="auto",
+              show_default=True, help="With --max-drop: the fidelity measure whose points it counts; auto picks "
+                                      "accuracy/agreement for class scores, cosine for embeddings, snr for "
+                                      "one value per sample.")
 @click.option("--prune-mode", type=click.Choice(["laplace", "exact"]), default="laplace", show_default=True,
               help="laplace: OPQ's per-layer ratios from the Laplace fit; exact: global magnitude.")
 @click.option("--keep-survivors/--no-keep-survivors", default=True, show_default=True,
@@ -65,7 +69,7 @@ from .options import method_config, selection_from, with_selection
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
 @user_errors("src")
 def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
-             activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path,
+             activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path, metric,
              prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, embeddings,
              report_path,
              plot_dir, quiet, as_json):
@@ -83,6 +87,14 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
 
     config = method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
                             pow2_bits, objective, max_drop, data_path, granularity)
+    if metric != "auto":
+        from dataclasses import replace
+
+        from ..errors import OptionError
+        from ..workflows.search import SearchConfig
+        if not isinstance(config, SearchConfig):
+            raise OptionError("--metric chooses the measure of --max-drop; give --max-drop and --data")
+        config = replace(config, metric=metric)
     selection = selection_from(include, exclude, keep, min_params, embeddings)
     console = make_console(quiet)
     progress = (lambda xs: track(xs, description="working", console=console, transient=True))
@@ -94,8 +106,10 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     print_report(report, console)
     if "search" in report:
         found = report["search"]
-        console.print(f"searched {len(found['evaluations'])} rates: highest within {found['max_drop']:g} "
-                      f"{found['metric']} points: storage rate {report['totals']['storage_rate']:.1f}x")
+        console.print(f"searched {len(found['evaluations'])} rates by {found['metric']} ({found['metric_reason']}"
+                      + (f"; labels {found['labels']!r}" if found.get("labels") else "")
+                      + f"): highest within {found['max_drop']:g} {found['unit']}: storage rate "
+                      f"{report['totals']['storage_rate']:.1f}x")
     console.print(f"wrote {dst}")
     if plot_dir:
         from ..workflows.plots import plot_layers
