@@ -30,7 +30,7 @@ in the weight's layout.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,7 +39,6 @@ from .quant import code_width, to_channels
 PLANE_BITS = (8, 4, 2, 1)
 MAX_WIDTH = 16  # int16 codes; wider codes are refused
 RUN_WIDTHS = range(1, 9)  # the relative index's run widths, as storage.index_bits tries them
-SPARSITIES = ("dense", "mask", "runs")
 
 
 def plane_widths(width: int) -> tuple[int, ...]:
@@ -140,6 +139,11 @@ class PackedLayer:
     @property
     def run_width(self) -> int | None:
         return self.index.width if self.sparsity == "runs" else None
+
+    @property
+    def zero_row(self) -> bool:
+        """Some channel is all zero: the decoded block gets one zero row after its rows."""
+        return self.rows is not None and self.rows.size > self.block[0]
 
     @property
     def table_width(self) -> int:
@@ -301,7 +305,7 @@ def block_fields(packed: PackedLayer) -> np.ndarray:
         flat = np.zeros(size, np.uint32)
         flat[np.cumsum(unpack_stream(packed.index).astype(np.int64) + 1) - 1] = values
     block = flat.reshape(packed.block)
-    if packed.rows is not None and packed.rows.size > packed.block[0]:
+    if packed.zero_row:
         block = np.concatenate([block, np.zeros((1, packed.block[1]), block.dtype)])
     return block
 
@@ -309,13 +313,13 @@ def block_fields(packed: PackedLayer) -> np.ndarray:
 def row_offsets(packed: PackedLayer) -> np.ndarray:
     """2^(w−1) of each block row (0 for the zero row), as float32 [rows, 1]."""
     offsets = np.repeat([float(1 << (s.width - 1)) for s in packed.values], packed.channels)
-    extra = [0.0] if packed.rows is not None and packed.rows.size > packed.block[0] else []
+    extra = [0.0] if packed.zero_row else []
     return np.concatenate([offsets, extra]).astype(np.float32).reshape(-1, 1)
 
 
 def row_steps(packed: PackedLayer) -> np.ndarray:
     """The steps broadcasting to the block's rows: () or [rows, 1] (0 for the zero row)."""
-    if packed.steps.ndim == 0 or packed.rows is None or packed.rows.size == packed.block[0]:
+    if packed.steps.ndim == 0 or not packed.zero_row:
         return packed.steps
     return np.concatenate([packed.steps, np.zeros((1, 1), np.float32)])
 
@@ -326,12 +330,15 @@ def tables(packed: PackedLayer) -> np.ndarray:
     return np.where(u == 0, np.float32(0), u - row_offsets(packed)) * row_steps(packed)
 
 
-def _restore(packed: PackedLayer, block: np.ndarray) -> np.ndarray:
-    """Channel rows (rows applied) back in the weight's layout."""
-    if packed.rows is not None:
-        block = block[packed.rows.astype(np.int64)]
+def _by_channel(packed: PackedLayer, block: np.ndarray) -> np.ndarray:
+    """Block rows as output channels (to_channels order)."""
+    return block if packed.rows is None else block[packed.rows.astype(np.int64)]
+
+
+def _weight_layout(packed: PackedLayer, channels: np.ndarray) -> np.ndarray:
+    """Output-channel rows back in the weight's layout (undoes to_channels)."""
     view, perm = channel_view(packed.shape, packed.axis, packed.groups)
-    return block.reshape(view).transpose(perm).reshape(packed.shape)
+    return channels.reshape(view).transpose(perm).reshape(packed.shape)
 
 
 def decode_codes(packed: PackedLayer) -> np.ndarray:
@@ -339,16 +346,17 @@ def decode_codes(packed: PackedLayer) -> np.ndarray:
     if not packed.values:
         return np.zeros(packed.shape, np.int32)
     u = block_fields(packed).astype(np.int32)
-    return _restore(packed, np.where(u == 0, 0, u - row_offsets(packed).astype(np.int32)))
+    codes = np.where(u == 0, 0, u - row_offsets(packed).astype(np.int32))
+    return _weight_layout(packed, _by_channel(packed, codes))
 
 
 def decode(packed: PackedLayer) -> np.ndarray:
     """The float32 weights: each u looked up in its row's table, as the ONNX decoder does."""
     if not packed.values:
         return np.zeros(packed.shape, np.float32)
-    rows = slice(None) if packed.rows is None else packed.rows.astype(np.int64)
-    table, u = tables(packed)[rows], block_fields(packed)[rows].astype(np.int64)
-    return _restore(replace(packed, rows=None), np.take_along_axis(table, u, axis=1))
+    table = _by_channel(packed, tables(packed))
+    u = _by_channel(packed, block_fields(packed)).astype(np.int64)
+    return _weight_layout(packed, np.take_along_axis(table, u, axis=1))
 
 
 def describe(packed: PackedLayer) -> str:

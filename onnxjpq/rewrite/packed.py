@@ -32,7 +32,15 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
-from ..core.packing import PackedLayer, channel_view, describe, encode, plane_shifts, plane_widths, row_steps
+from ..core.packing import (
+    PackedLayer,
+    channel_view,
+    describe,
+    encode,
+    plane_shifts,
+    plane_widths,
+    row_steps,
+)
 from ..core.plan import LayerPlan
 from ..errors import ModelError
 from ..graph.layers import WeightLayer, all_graphs
@@ -101,10 +109,6 @@ def _channels_last(packed: PackedLayer) -> bool:
     return len(packed.shape) == 2 and packed.axis == 1 and packed.groups == 1
 
 
-def _has_zero_row(packed: PackedLayer) -> bool:
-    return packed.rows is not None and packed.rows.size > packed.block[0]
-
-
 def _block(b: _Builder, packed: PackedLayer) -> str:
     """The block of u [rows, per channel], zero row included: uint8, or uint16 past 8 bits."""
     wide = packed.table_width > 8
@@ -122,7 +126,7 @@ def _block(b: _Builder, packed: PackedLayer) -> str:
         zeros = b.op("ConstantOfShape", [size], "zeros", value=_zero(wide))
         values = b.op("ScatterElements", [zeros, _run_positions(b, packed), values], "scattered", axis=0)
     block = b.op("Reshape", [values, b.const("block_shape", np.array(packed.block, np.int64))], "block")
-    if _has_zero_row(packed):
+    if packed.zero_row:
         row_shape = b.const("row_shape", np.array([1, packed.block[1]], np.int64))
         zero_row = b.op("ConstantOfShape", [row_shape], "zero_row", value=_zero(wide))
         block = b.op("Concat", [block, zero_row], "with_zero_row", axis=0)
@@ -183,7 +187,7 @@ def _table(b: _Builder, packed: PackedLayer) -> str:
         offset = helper.make_tensor("value", TensorProto.FLOAT, [1], [1 << (stream.width - 1)])
         offsets.append(b.op("ConstantOfShape", [b.const(f"w{stream.width}/rows", np.array([n_rows, 1], np.int64))],
                             f"table/offset{stream.width}", value=offset))
-    if _has_zero_row(packed):
+    if packed.zero_row:
         offsets.append(b.const("zero_row_offset", np.zeros((1, 1), np.float32)))
     offsets = offsets[0] if len(offsets) == 1 else b.op("Concat", offsets, "table/offsets", axis=0)
     codes = b.op("Sub", [u, offsets], "table/codes")
@@ -219,7 +223,8 @@ def apply_packed(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan) -> str:
     codes = layer_codes(layer, plan)
     if plan.channel_steps is not None:
         axis = plan.channel_axis % layer.values.ndim
-        groups = layer.groups if axis == layer.axis % layer.values.ndim else 1
+        same_axis = layer.axis is not None and axis == layer.axis % layer.values.ndim
+        groups = layer.groups if same_axis else 1
         packed = encode(codes, axis, groups, plan.channel_steps)
     else:
         packed = encode(codes, layer.axis, layer.groups, plan.step)

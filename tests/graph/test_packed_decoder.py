@@ -20,7 +20,12 @@ from onnxjpq.core.quant import dequantize, to_channels
 from onnxjpq.errors import ModelError
 from onnxjpq.graph.layers import find_layers
 from onnxjpq.rewrite import layer_codes
-from onnxjpq.rewrite.packed import PACKED_MIN_OPSET, apply_packed, decoder_model, decoder_nodes
+from onnxjpq.rewrite.packed import (
+    PACKED_MIN_OPSET,
+    apply_packed,
+    decoder_model,
+    decoder_nodes,
+)
 from onnxjpq.testing import MLP, laplace, make_model
 
 DECODER_OPS = {"BitShift", "BitwiseOr", "Cast", "Sub", "Concat", "Slice", "Reshape", "Mul", "CumSum", "Add",

@@ -14,8 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxjpq.core.packing import (MAX_WIDTH, PackedLayer, Stream, channel_view, decode, decode_codes, encode,
-                                  pack_stream, packed_bytes, plane_widths, stream_bytes, unpack_stream)
+from onnxjpq.core.packing import (
+    MAX_WIDTH,
+    PackedLayer,
+    Stream,
+    channel_view,
+    decode,
+    decode_codes,
+    encode,
+    pack_stream,
+    packed_bytes,
+    plane_widths,
+    stream_bytes,
+    unpack_stream,
+)
 from onnxjpq.core.quant import code_width, dequantize, to_channels
 from onnxjpq.core.storage import storage_bits
 
