@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from functools import wraps
 
 import click
@@ -43,6 +44,10 @@ def user_errors(*model_args: str):
 
     OnnxjpqError: its message, status `exit_code` (2, or 1 for a failed validation).
     OSError (a read-only folder, a full disk): the file and the reason, status 2.
+    KeyboardInterrupt (Ctrl-C): `error: interrupted` (and what the interrupt carries), status
+    130; the temporary files are gone by then (written through `io.atomic_file`, removed on
+    any exception). With `quiet` (-q) Python warnings (numpy overflow, onnx's notes on
+    external data) are not shown.
     Any other exception is blamed on an input model named by `model_args` only
     when that input itself fails validation (`_input_fault`: onnx.checker,
     onnxruntime, supported opsets and domains), with the reason it fails; on a
@@ -52,7 +57,12 @@ def user_errors(*model_args: str):
         @wraps(func)
         def wrapper(*args, **kwargs):
             try:
-                return func(*args, **kwargs)
+                with warnings.catch_warnings():
+                    if kwargs.get("quiet"):
+                        warnings.simplefilter("ignore")
+                    return func(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                _fail(f"interrupted{f' ({exc})' if str(exc) else ''}", 130)
             except OnnxjpqError as exc:
                 _fail(str(exc), exc.exit_code)
             except OSError as exc:
@@ -79,15 +89,52 @@ def split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
 
 
-def progress_bar(console, description: str):
-    """A progress-bar wrapper `(iterable, total) -> iterable` for the API's `progress` arguments
-    (None when stderr is not a terminal: no bar in logs and pipes)."""
-    from rich.progress import track
+PROGRESS_AFTER_S = 2.0  # plain progress lines start once work has run this long: quick runs stay quiet
 
-    if not console.is_terminal or console.quiet:
+
+def progress_bar(console, description: str):
+    """A progress wrapper `(iterable, total=None) -> iterable` for the API's `progress` arguments:
+    a transient bar on a terminal; on any other stderr (a log, a pipe) plain lines
+    (`description: 3/10`, one per item up to 10 items, else about one per 10 %) once the
+    work has run `PROGRESS_AFTER_S`; None when the console is quiet (-q)."""
+    if console.quiet:
         return None
-    return lambda items, total: track(items, total=total, description=description, console=console,
-                                      transient=True)
+    if console.is_terminal:
+        from rich.progress import track
+
+        return lambda items, total=None: track(items, total=_total(items, total), description=description,
+                                               console=console, transient=True)
+    return lambda items, total=None: _progress_lines(items, _total(items, total), description, console)
+
+
+def _total(items, total):
+    return total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+
+
+def _progress_lines(items, total, description: str, console):
+    import time
+
+    every, start = (max(1, -(-total // 10)) if total else 1), time.monotonic()
+    for done, item in enumerate(items, 1):
+        yield item  # the line comes once the caller has finished with the item
+        if (done % every == 0 or done == total) and time.monotonic() - start >= PROGRESS_AFTER_S:
+            console.print(f"{description}: {done}/{total}" if total else f"{description}: {done}",
+                          markup=False, highlight=False)
+
+
+def progress_log(console):
+    """A callable printing one progress line (the accuracy search's evaluations), on any
+    stderr once `PROGRESS_AFTER_S` have passed since it was made; None when quiet (-q)."""
+    import time
+
+    if console.quiet:
+        return None
+    start = time.monotonic()
+
+    def log(line: str) -> None:
+        if time.monotonic() - start >= PROGRESS_AFTER_S:
+            console.print(line, markup=False, highlight=False)
+    return log
 
 
 def write_json(text: str, path, near, console) -> None:
@@ -99,6 +146,44 @@ def write_json(text: str, path, near, console) -> None:
         return
     write_text_atomic(check_output_path(near, path), text)
     console.print(f"wrote {path}")
+
+
+def check_figure(path, name: str, inputs, outputs, label: str = "--plot") -> None:
+    """Before any work: matplotlib is there, and the figure `workflows.plots` will write (`path`
+    when it ends in .png, else `path`/`name`, the folder created) aliases no input or other
+    output and can be written (`outputs.check_outputs`)."""
+    from pathlib import Path
+
+    from ..graph.outputs import check_outputs
+    from ..workflows.plots import require_matplotlib
+
+    require_matplotlib()
+    if Path(path).suffix.lower() == ".png":
+        check_outputs(inputs, [*outputs, (f"{label} figure", path)])
+    else:
+        check_outputs(inputs, [*outputs, (f"{label} figure", Path(path) / name)], folders=[(f"{label} folder", path)])
+
+
+class undo_on_failure:
+    """Remove the model (`io.remove_model`) and files a run wrote if the `with` block fails
+    (a figure drawn after them), so a failed run leaves nothing behind."""
+
+    def __init__(self, model=None, *files):
+        self.model, self.files = model, [f for f in files if f is not None and str(f) != "-"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is not None:
+            from pathlib import Path
+
+            from ..graph.io import remove_model
+            if self.model is not None:
+                remove_model(self.model)
+            for f in self.files:
+                Path(f).unlink(missing_ok=True)
+        return False
 
 
 def parse_floats(text: str, option: str) -> tuple[float, ...]:

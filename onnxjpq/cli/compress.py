@@ -7,7 +7,7 @@ import json
 import click
 
 
-from .common import make_console, user_errors
+from .common import check_figure, make_console, progress_bar, progress_log, undo_on_failure, user_errors
 from .group import main
 from .options import method_config, selection_from, with_selection
 
@@ -63,7 +63,7 @@ from .options import method_config, selection_from, with_selection
                    "for layers with outlier channels (auto).")
 @with_selection
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
-@click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
+@click.option("--plot", "plot_dir", type=click.Path(),
               help="Draw the per-layer bits and pruning figure (layers.png) in this folder; needs matplotlib.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
@@ -78,8 +78,6 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     Give --prune/--bits for the analytic OPQ solve, or --rate/--size-kb for
     the budget mode, which chooses each layer's sparsity and bit-width.
     """
-    from rich.progress import track
-
     from ..workflows.activations import ActivationConfig
     from ..pipeline.compress import OutputConfig
     from ..workflows.compress import compress_file
@@ -97,12 +95,14 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
         config = replace(config, metric=metric)
     selection = selection_from(include, exclude, keep, min_params, embeddings)
     console = make_console(quiet)
-    progress = (lambda xs: track(xs, description="working", console=console, transient=True))
+    if plot_dir:  # before any work: a figure that cannot be drawn must not leave a model behind
+        from ..graph.io import model_inputs
+        check_figure(plot_dir, "layers.png", model_inputs(src), [("output", dst), ("report", report_path)])
     act = (ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq)
            if activations == "int8" else None)
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
-                           report_path=report_path, progress=None if quiet else progress, calib=calib,
-                           activations=act)
+                           report_path=report_path, progress=progress_bar(console, "compressing layers"),
+                           calib=calib, activations=act, log=progress_log(console))
     print_report(report, console)
     if "search" in report:
         found = report["search"]
@@ -113,6 +113,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     console.print(f"wrote {dst}")
     if plot_dir:
         from ..workflows.plots import plot_layers
-        console.print(f"wrote {plot_layers(report, plot_dir)}")
+        with undo_on_failure(dst, report_path):
+            console.print(f"wrote {plot_layers(report, plot_dir)}")
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

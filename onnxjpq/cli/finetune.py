@@ -36,8 +36,11 @@ from .options import method_config, selection_from, with_selection
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="Checkpoint file, written after every epoch (default: DST.ckpt).")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint of a killed run.")
+              help="Checkpoint file, written after every epoch (default: DST.ckpt); removed when the run "
+                   "succeeds or fails, kept when it is interrupted (Ctrl-C) or killed.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the checkpoint of an interrupted run; refused if any setting differs.")
+@click.option("--keep-checkpoint", is_flag=True, help="Keep the checkpoint after a successful run.")
 @with_selection
 @click.option("--int4/--no-int4", default=True, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
@@ -45,8 +48,8 @@ from .options import method_config, selection_from, with_selection
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
 @user_errors("src")
 def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits, epochs, retrain_epochs, rho, lr,
-             batch, optimizer, checkpoint, resume, include, exclude, keep, min_params, embeddings, int4, report_path,
-             quiet, as_json):
+             batch, optimizer, checkpoint, resume, keep_checkpoint, include, exclude, keep, min_params, embeddings,
+             int4, report_path, quiet, as_json):
     """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
     from ..errors import OptionError
     from ..finetune.cli import run_finetune
@@ -64,6 +67,6 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
                           selection_from(include, exclude, keep, min_params, embeddings),
                           dict(epochs=epochs, lr=lr, batch=batch, optimizer=optimizer,
                                checkpoint=checkpoint or f"{dst}.ckpt", resume=resume),
-                          int4, report_path, make_console(quiet))
+                          int4, report_path, make_console(quiet), keep_checkpoint=keep_checkpoint)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

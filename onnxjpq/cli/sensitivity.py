@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 
-from .common import make_console, progress_bar, user_errors, write_json
+from .common import check_figure, make_console, progress_bar, undo_on_failure, user_errors, write_json
 from .group import main
 
 
@@ -34,17 +34,22 @@ def sensitivity_command(src, data, prune, bits, rank_by, min_params, labels_key,
 
     config = SensitivityConfig(prune=prune, bits=bits, rank_by=rank_by, min_params=min_params, batch=batch,
                                labels_key=labels_key)
+    from ..graph.io import model_inputs
+    from ..graph.outputs import check_outputs
+
+    inputs, outputs = [*model_inputs(src), ("the --data file", data)], [("--json file", json_path)]
+    check_outputs(inputs, outputs)  # before any work
     if plot_path:
-        from ..workflows.plots import require_matplotlib
-        require_matplotlib()
+        check_figure(plot_path, "sensitivity.png", inputs, outputs)
     console = make_console(quiet)
-    result = measure_sensitivity(src, data, config, progress_bar(console, "layers"))
+    result = measure_sensitivity(src, data, config, progress_bar(console, "measuring layers"))
     print_sensitivity(result, console)
     if json_path:
         write_json(to_json(result), json_path, src, console)
     if plot_path:
         from ..workflows.plots import plot_sensitivity
-        console.print(f"wrote {plot_sensitivity(result, plot_path)}")
+        with undo_on_failure(None, json_path):
+            console.print(f"wrote {plot_sensitivity(result, plot_path)}")
 
 
 if __name__ == "__main__":

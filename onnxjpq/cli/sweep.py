@@ -17,7 +17,7 @@ from .group import main
 @click.option("--prune", "prunes", default="0,0.5,0.8", show_default=True, help="Prune ratios, comma-separated.")
 @click.option("--bits", "bits", default="8,4,3", show_default=True, help="Bit-widths, comma-separated.")
 @click.option("--jobs", type=int, default=None, help="Worker processes [default: min(2, CPUs)].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="sweep", show_default=True,
+@click.option("--out", "out_dir", type=click.Path(), default="sweep", show_default=True,
               help="Folder for sweep.csv, sweep.json, the figures and the compressed models.")
 @click.option("--labels", "labels_key", default="labels", show_default=True, help="Name of the labels array.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime run.")
@@ -43,7 +43,7 @@ def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plo
         from ..workflows.plots import require_matplotlib
         require_matplotlib()
     console = make_console(quiet)
-    summary = sweep(src, data, out_dir, config, progress_bar(console, f"{len(config.grid())} points"))
+    summary = sweep(src, data, out_dir, config, progress_bar(console, "sweep points"))
     print_sweep(summary, console)
     written = ["sweep.csv", "sweep.json"]
     if plot:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -58,7 +60,8 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
               else TorchModel(torch_module, model, [l.name for l in layers]))
     teacher = None if data.labels is not None else _all_outputs(model, data)
     check = val if val is not None else data
-    first, second = _resume_points(train_config, method)
+    settings = run_settings(model, config, method, selection, output, train_config, data)
+    first, second = _resume_points(train_config, method, settings)
     history: list[dict] = [*(first or {}).get("history", []), *(second or {}).get("history", [])]
 
     def log_epoch(epoch: int, entry: dict) -> None:
@@ -76,12 +79,12 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     if method == "djpq":
         phase = "djpq"
         plan, learned = _djpq_phase(model, module, layers, config, data, train_config, teacher, log_epoch, on_step,
-                                    first)
+                                    first, settings)
         retrain = dict(epochs=config.retrain_epochs, lr=config.lr, optimizer="adam")
     elif method == "admm":
         phase = "admm"
         plan = _admm_phase(module, layers, skipped, selection, config, data, train_config, teacher, log_epoch,
-                           on_step, first)
+                           on_step, first, settings)
         retrain = dict(epochs=config.retrain_epochs)
     else:
         plan, retrain = plan_model(model, config, selection, output), {}
@@ -93,7 +96,7 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     before = accuracy(_evaluate(module, check), check.labels) if labelled else None
     if retrain.get("epochs", 1):
         train(module, data, replace(train_config, **retrain), teacher, log_epoch, on_step, resume_from=second,
-              tag={"method": method, "phase": phase, "previous": previous})
+              tag={"method": method, "phase": phase, "previous": previous, "settings": settings})
     out, report = apply_plan(with_weights(model, _final_arrays(module)), plan, selection, output,
                              {"method": method, "notes": []})
     report["finetune"] = {"method": method, "config": asdict(config) if method != "masked" else None,
@@ -104,21 +107,75 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     return out, report
 
 
-def _resume_points(train_config: TrainConfig, method: str) -> tuple[dict | None, dict | None]:
-    """The checkpoints `--resume` continues the first phase (admm, djpq) and the masked retraining from."""
+def run_settings(model: onnx.ModelProto, config, method: str, selection: Selection, output: OutputConfig,
+                 train_config: TrainConfig, data: Dataset) -> str:
+    """Everything that shapes a run, as the JSON a checkpoint keeps for `--resume` to compare:
+    the method and its plan or budget, the selection and output, the training settings
+    (epochs, learning rate, batch, optimiser, seed), and digests of the model and the data."""
+    train = {k: v for k, v in asdict(train_config).items() if k not in ("checkpoint", "resume")}
+    return json.dumps({"method": method, "plan": {"type": type(config).__name__, **asdict(config)},
+                       "selection": asdict(selection), "output": asdict(output), "train": train,
+                       "model": _digest([p.SerializeToString(deterministic=True)
+                                         for p in (*model.graph.node, *model.graph.initializer)]),
+                       "data": _digest([data.labels] + [data.inputs[k] for k in sorted(data.inputs)],
+                                       sorted(data.inputs))}, sort_keys=True, default=str)
+
+
+def _digest(parts, names=()) -> str:
+    h = hashlib.sha256(json.dumps(list(names)).encode())
+    for part in parts:
+        if part is None:
+            h.update(b"none")
+        elif isinstance(part, bytes):
+            h.update(part)
+        else:
+            array = np.ascontiguousarray(part)
+            h.update(f"{array.dtype.str}{array.shape}".encode())
+            h.update(memoryview(array).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def setting_differences(saved: str, now: str) -> list[str]:
+    """What differs between two `run_settings`, one phrase each (checkpoint's value first)."""
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: value}
+    old, new = flat(json.loads(saved)), flat(json.loads(now))
+    named = {"model": "the input model", "data": "the --data file's contents"}
+    out = []
+    for key in sorted(old.keys() | new.keys(), key=lambda k: (k not in ("method", "plan.type"), k)):
+        if old.get(key) != new.get(key):
+            out.append(f"{named[key]} changed" if key in named else
+                       f"{key.removeprefix('plan.').removeprefix('train.')} {old.get(key)} in the checkpoint, "
+                       f"{new.get(key)} now")
+    return out
+
+
+def _resume_points(train_config: TrainConfig, method: str, settings: str) -> tuple[dict | None, dict | None]:
+    """The checkpoints `--resume` continues the first phase (admm, djpq) and the masked retraining from;
+    refused unless the checkpoint's run had the same settings (`run_settings`)."""
     if not (train_config.resume and train_config.checkpoint and Path(train_config.checkpoint).is_file()):
         return None, None
-    state = load_checkpoint(train_config.checkpoint)
+    path = train_config.checkpoint
+    state = load_checkpoint(path)
     if state.get("method") != method:
-        raise OptionError(f"--resume: {train_config.checkpoint} is a checkpoint of a {state.get('method')} run, "
-                          f"not {method}")
+        raise OptionError(f"--resume: {path} is a checkpoint of a {state.get('method')} run, not {method}")
+    if "settings" not in state:
+        raise OptionError(f"--resume: {path} does not record its run's settings (an older onnxjpq wrote it); "
+                          "run without --resume to start again")
+    differences = setting_differences(state["settings"], settings)
+    if differences:
+        raise OptionError(f"--resume: {path} was written with other settings: {'; '.join(differences[:4])}"
+                          + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else "")
+                          + "; give the same settings, or run without --resume to start again")
     if state["phase"] != "masked":
         return state, None
     return state["previous"], state
 
 
 def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, teacher, log_epoch, on_step,
-                resume_from: dict | None = None):
+                resume_from: dict | None = None, settings: str | None = None):
     """Train quantizers, gates and weights together; leave the module holding the learned weights
     (codes x steps) with the DJPQ machinery removed, and return the plan giving them."""
     shapes = tensor_shapes(model)
@@ -133,7 +190,7 @@ def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, t
 
     joint = replace(train_config, epochs=config.epochs, lr=config.lr, optimizer="adam")
     train(module, data, joint, teacher, end_epoch, on_step, regularizer=state.penalty, resume_from=resume_from,
-          tag={"method": "djpq", "phase": "djpq"})
+          tag={"method": "djpq", "phase": "djpq", "settings": settings})
     pruned = state.meet_budget()
     arrays, plan = state.export()
     plan.diagnostics["channels_pruned_to_meet_budget"] = pruned
@@ -160,7 +217,7 @@ def _final_arrays(module: OnnxModule) -> dict[str, np.ndarray]:
 
 
 def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, train_config, teacher, log_epoch,
-                on_step, resume_from: dict | None = None):
+                on_step, resume_from: dict | None = None, settings: str | None = None):
     """ADMM epochs, then the final projection's plan (for the masked retraining)."""
     fixed = kept_names(layers, selection, budget=True)
     n_float = float_params(skipped)
@@ -173,7 +230,8 @@ def _admm_phase(module, layers, skipped, selection, config: AdmmConfig, data, tr
         log_epoch(epoch, entry)
 
     train(module, data, replace(train_config, epochs=config.epochs), teacher, end_epoch, on_step,
-          regularizer=state.penalty, resume_from=resume_from, extra=state, tag={"method": "admm", "phase": "admm"})
+          regularizer=state.penalty, resume_from=resume_from, extra=state,
+          tag={"method": "admm", "phase": "admm", "settings": settings})
     _, plan = project(layers, state.weights(), config.rate, fixed, 32.0 * n_float, total)
     return plan
 

@@ -32,8 +32,9 @@ class TrainConfig:
     resume: bool = False  # `finetune` reads the checkpoint and hands `train` what to continue from
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch < 1 or not self.lr > 0:
-            raise OptionError("epochs and batch must be >= 1 and lr > 0")
+        if self.epochs < 1 or self.batch < 1 or not 0 < self.lr < math.inf:
+            raise OptionError(f"epochs and batch must be >= 1 and lr a finite number > 0, got epochs "
+                              f"{self.epochs}, batch {self.batch}, lr {self.lr:g}")
         if self.optimizer not in ("sgd", "adam"):
             raise OptionError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
 
@@ -60,9 +61,12 @@ def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write atomically (`io.atomic_file`: a temporary file in the folder, removed if the
+    save fails or is interrupted), so a killed run leaves the previous epoch's checkpoint."""
+    from ..graph.io import atomic_file
+
+    with atomic_file(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -132,7 +136,10 @@ def train(module: torch.nn.Module, data: Dataset, config: TrainConfig, teacher: 
             objective.backward()
             optimizer.step()
             schedule.step()
-            total += loss.item() * len(batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise OptionError(f"training diverged in epoch {epoch + 1} (loss {value}); lower --lr")
+            total += value * len(batch)
             if on_step:
                 on_step()
         entry = {"epoch": epoch + 1, "loss": total / len(data)}

@@ -5,17 +5,22 @@ ONNX, truncated, external data outside the model's folder or past the end of
 its file, declared dims that do not match the stored bytes), before reading
 any tensor data; `load_model_lazy` does the same checks and leaves the
 external data on disk. `save_model` writes atomically: a temporary file in the
-target folder, then `os.replace`, so a failed run never leaves a half-written
-output. `ExternalWriter` writes a large model tensor by tensor (see
+target folder (named for `outputs.remove_stale`), then `os.replace`, so a failed
+or interrupted run never leaves a half-written output; `check_output_path` and
+`model_inputs` feed `outputs.check_outputs`, which refuses outputs that alias an
+input; `check_model_valid` runs onnx.checker's full check. `ExternalWriter` writes a large model tensor by tensor (see
 `onnxjpq.pipeline.stream`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
-from ..errors import ModelError, OptionError, first_line
+from ..errors import ModelError, first_line
+from .outputs import check_outputs, temp_prefix
 
 _PROTOBUF_LIMIT = 2**31 - 1
 _COPY_CHUNK = 64 << 20
@@ -180,19 +186,55 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
 
 
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Refuse an output path that would overwrite the input or cannot be written."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise OptionError(f"output {dst} is the input file; choose another path")
-    if dst.is_dir():
-        raise OptionError(f"output {dst} is a folder; give a file name")
-    if dst.exists() and not dst.is_file():
-        raise OptionError(f"output {dst} exists and is not a regular file (a device or pipe); choose a file path")
-    if not dst.parent.resolve().is_dir():
-        raise OptionError(f"output folder {dst.parent} does not exist")
-    if not os.access(dst.parent.resolve(), os.W_OK):
-        raise OptionError(f"output folder {dst.parent} is not writable")
-    return dst
+    """Refuse an output path that would overwrite the input or cannot be written
+    (`outputs.check_outputs` with the input model and its external data)."""
+    check_outputs(model_inputs(src), [("output", dst)])
+    return Path(dst)
+
+
+def model_inputs(path: str | os.PathLike, model: onnx.ModelProto | None = None,
+                 label: str = "the input file") -> list[tuple[str, Path]]:
+    """(label, path) of a model file and of every external data file it reads, for `check_outputs`.
+
+    `model`: the model already loaded (without its data); else it is read here, and a file
+    that cannot be read counts alone (its loader gives the error)."""
+    path = Path(path)
+    files = [(label, path)]
+    if model is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = onnx.load_model(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - unreadable: load_model explains why, later
+            return files
+    sparse = [t for s in _sparse_tensors(model.graph) for t in (s.values, s.indices)]
+    seen = set()
+    for tensor in [*external_data_helper._get_all_tensors(model), *sparse]:
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if location and location not in seen:
+            seen.add(location)
+            files.append((f"{'the input' if label == 'the input file' else label}'s external data file",
+                          path.parent / location))
+    return files
+
+
+def check_model_valid(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Refuse a model onnx.checker rejects with full_check (duplicate names, a tensor with two
+    value fields, declared value_info shapes that shape inference contradicts, ...).
+
+    `model` is checked as loaded (by `load_model_lazy`: the external data stays on disk,
+    resolved from the model's folder); one over protobuf's 2 GB (its data loaded) is checked
+    from `path` instead, which leaves its external data on disk."""
+    try:
+        if model.ByteSize() > _PROTOBUF_LIMIT:
+            onnx.checker.check_model(str(path), full_check=True)
+        else:
+            with contextlib.chdir(Path(path).parent.resolve()):  # the checker resolves data from the cwd
+                onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the checker raises, the model is not valid ONNX
+        raise ModelError(f"{path}: onnx.checker rejects it ({first_line(exc)})") from None
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
@@ -221,7 +263,7 @@ def remove_model(path: str | os.PathLike) -> None:
 
 def _save_external(model: onnx.ModelProto, path: Path) -> int:
     data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnxjpq-") as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=temp_prefix()) as tmp:
         tmp_model = Path(tmp) / path.name
         onnx.save_model(model, str(tmp_model), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data_name)
@@ -243,7 +285,7 @@ class ExternalWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.location = self.path.name + ".data"
-        self.folder = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=".onnxjpq-"))
+        self.folder = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=temp_prefix()))
         self.model_path = self.folder / self.path.name
         self._data = open(self.folder / self.location, "wb")
         self.written: set[str] = set()  # names of the tensors already in the data file
@@ -322,10 +364,19 @@ class ExternalWriter:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike):
+    """A binary file to write `path` through: a temporary file in its folder (named by
+    `outputs.temp_prefix`), moved into place when the block ends, removed if it fails."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(), suffix=f".{path.name[:80]}.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from .._version import __version__
 from ..core.channels import normalize, rescale
-from ..errors import ModelError, OptionError
+from ..errors import ModelError, OptionError, first_line
 from ..graph.io import proto_graphs
 from ..graph.layers import Selection, WeightLayer, find_layers, kept_names
 from ..graph.ops import weight_ops_text
@@ -237,9 +237,14 @@ def summarize(rows, skipped, plan: CompressionPlan, selection: Selection, output
 
 
 def check_output(model: onnx.ModelProto, runtime: bool) -> None:
-    """The output must pass onnx.checker and load in onnxruntime: anything else is our bug."""
+    """The output must pass onnx.checker's full check (strict shape inference included) and
+    load in onnxruntime, or nothing is written: a ModelError of one line says why."""
     if model.ByteSize() < 2**31 - 1:
-        onnx.checker.check_model(model)
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ModelError(f"the compressed model fails onnx.checker ({first_line(exc)}); nothing was "
+                             "written") from None
         if runtime:
             options = ort.SessionOptions()
             options.log_severity_level = 3

@@ -9,8 +9,9 @@ import os
 import onnx
 
 from ..errors import OptionError
-from ..graph.io import (check_output_path, file_bytes, load_external, load_model_lazy, remove_model, save_model,
-                        uses_external_data, write_text_atomic)
+from ..graph.io import (check_model_valid, file_bytes, load_external, load_model_lazy, model_inputs, remove_model,
+                        save_model, uses_external_data, write_text_atomic)
+from ..graph.outputs import check_outputs
 from ..graph.layers import Selection
 from ..graph.opset import check_supported
 from ..methods.annc import AnncConfig
@@ -24,7 +25,7 @@ from .calibrated import compress_calibrated
 from .search import SearchConfig, search_rate
 
 
-def _run(model, config, selection, output, activations, progress, calib):
+def _run(model, config, selection, output, activations, progress, calib, log=None):
     """Dispatch on the config: a plain solve, a calibrated budget, or an accuracy search."""
 
     def dataset(path):  # one clear error for a model onnxruntime rejects, before any data is read
@@ -42,12 +43,19 @@ def _run(model, config, selection, output, activations, progress, calib):
     if isinstance(config, SearchConfig):
         if calib is not None:
             raise OptionError("--max-drop measures on --data; --calib is not used with it")
-        return search_rate(model, config, dataset(config.data_path), selection, output)
+        return search_rate(model, config, dataset(config.data_path), selection, output,
+                           progress=(lambda e: log(_evaluation_line(e))) if log else None)
     if calib is not None:
         if not isinstance(config, AnncConfig):
             raise OptionError("calibration data is used by the budget mode: give a rate or a size")
         return compress_calibrated(model, config, selection, output, dataset(calib), progress)
     return compress_model(model, config, selection, output, progress)
+
+
+def _evaluation_line(e: dict) -> str:
+    """One progress line of the accuracy search: the rate tried and whether it stayed within the limit."""
+    return (f"search: rate {e['rate']:.3g}x (storage {e['storage_rate']:.1f}x) loses {e['drop']:.2f} points: "
+            + ("within the limit" if e["ok"] else "over the limit"))
 
 
 def streamable(model: onnx.ModelProto, config, output: OutputConfig, activations, calib) -> bool:
@@ -66,7 +74,7 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
                   report_path: str | os.PathLike | None = None, progress=None,
                   calib: str | os.PathLike | None = None,
-                  activations: ActivationConfig | None = None) -> dict:
+                  activations: ActivationConfig | None = None, log=None) -> dict:
     """Compress the ONNX file `src` into `dst` (written atomically); return the report.
 
     `calib` (an .npz of model inputs) makes the budget mode measure per-layer
@@ -74,25 +82,31 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
     activations are quantized too, calibrated on it. A model storing its weights
     as external data is compressed by streaming where the settings allow (see
     `streamable` and `pipeline.stream`), with the same result and peak memory of
-    about one layer plus the codes.
+    about one layer plus the codes. `log` (a callable taking a line of text) hears
+    the accuracy search's evaluations as they finish.
+
+    Refused before any work (`outputs.check_outputs`): an output or report that is
+    the input, its external data, the --calib or --data file, or the other output;
+    a model onnx.checker rejects (`io.check_model_valid`, full check).
     """
-    dst = check_output_path(src, dst)
-    if report_path is not None:
-        check_output_path(src, report_path)
     model = load_model_lazy(src)
+    search_data = config.data_path if isinstance(config, SearchConfig) else None
+    check_outputs([*model_inputs(src, model), ("the --calib file", calib), ("the --data file", search_data)],
+                  [("output", dst), ("output data file", f"{os.fspath(dst)}.data"), ("report", report_path)])
     check_supported(model, str(src), old_opset_ok=True)
+    check_model_valid(model, src)
     if streamable(model, config, output, activations, calib):
         report, bytes_out = compress_streaming(model, src, dst, config, selection, output, progress)
     else:
         load_external(model, src)
-        out, report = _run(model, config, selection, output, activations, progress, calib)
+        out, report = _run(model, config, selection, output, activations, progress, calib, log)
         bytes_out = save_model(out, dst)
-    bytes_in = file_bytes(src)
-    report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
-    if report_path is not None:
-        try:
+    try:  # no model without its report: a failed or interrupted run leaves nothing behind
+        bytes_in = file_bytes(src)
+        report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
+        if report_path is not None:
             write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
-        except BaseException:  # no model without its report: a failed run leaves nothing behind
-            remove_model(dst)
-            raise
+    except BaseException:
+        remove_model(dst)
+        raise
     return report

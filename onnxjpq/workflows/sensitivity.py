@@ -87,13 +87,14 @@ def measure_sensitivity(src: str | os.PathLike, data: str | os.PathLike,
                         config: SensitivityConfig = SensitivityConfig(), progress=None) -> dict:
     """Compress each layer of SRC alone and measure it against SRC on `data`; the ranked rows."""
     from ..pipeline.compress import find_model_layers
-    from ..graph.io import load_model
+    from ..graph.io import check_model_valid, load_model
     from ..graph.layers import Selection
     from ..runtime.data import open_batches
     from ..runtime.sessions import open_session
 
     ref = open_session(src, config.threads)
     model = load_model(src)
+    check_model_valid(model, src)
     batches = open_batches(data, ref, config.batch, config.labels_key)
     layers, _ = find_model_layers(model, Selection(keep=(), min_params=config.min_params))
     total = sum(layer.values.size for layer in layers)

@@ -158,9 +158,22 @@ def _point_name(stem: str, prune: float, bits: float) -> str:
 def _tasks(src: Path, data: str, out: Path, config: SweepConfig) -> list[PointTask]:
     threads = max(1, (os.cpu_count() or 1) // config.jobs)
     models = out / "models"
-    models.mkdir(parents=True, exist_ok=True)
     return [PointTask(str(src), str(models / (_point_name(src.stem, p, b) + ".onnx")), p, b, str(data),
                       config.batch, config.labels_key, threads) for p, b in config.grid()]
+
+
+def _outputs(tasks: list[PointTask], out: Path) -> list[tuple[str, Path]]:
+    """(label, path) of every file the sweep writes (the figures aside)."""
+    files = [("sweep table", out / "sweep.csv"), ("sweep summary", out / "sweep.json")]
+    for task in tasks:
+        files += [("point model", Path(task.dst)), ("point report", Path(task.dst).with_suffix(".json"))]
+    return files
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it cancels and cleans up
 
 
 def _run_all(tasks: list[PointTask], jobs: int, progress) -> list[dict]:
@@ -170,36 +183,71 @@ def _run_all(tasks: list[PointTask], jobs: int, progress) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: the parent's onnxruntime thread pools must not be forked mid-use
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_sigint)
+    try:
         futures = {pool.submit(run_point, task): i for i, task in enumerate(tasks)}
         results: list[dict | None] = [None] * len(tasks)
         done = as_completed(futures)
         for future in (progress(done, len(tasks)) if progress else done):
             results[futures[future]] = future.result()
+    finally:  # on a failure or Ctrl-C the points not started are dropped, the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def _undo(written: list[tuple[str, Path]], existed: set[Path], created: list[Path]) -> None:
+    """Remove what a failed sweep wrote: files that were not there before it, and its new folders."""
+    from ..graph.io import remove_model
+
+    for _, path in written:
+        if path not in existed:
+            remove_model(path) if path.suffix == ".onnx" else path.unlink(missing_ok=True)
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def sweep(src: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
           config: SweepConfig = SweepConfig(), progress=None) -> dict:
     """Compress and measure every grid point; write sweep.csv and sweep.json into `out_dir`."""
-    from ..graph.io import file_bytes
+    from ..graph.io import check_model_valid, file_bytes, load_model_lazy, model_inputs
+    from ..graph.outputs import check_outputs
     from ..runtime.data import open_batches
     from ..runtime.sessions import open_session
 
     src, out = Path(src), Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out} is a file; give a folder")
+    tasks = _tasks(src, str(data), out, config)
+    written = _outputs(tasks, out)
+    check_outputs([*model_inputs(src), ("the --data file", data)], written,
+                  folders=[("--out folder", out), ("models folder", out / "models")])
     ref = open_session(src)
+    check_model_valid(load_model_lazy(src), src)
     open_batches(data, ref, config.batch, config.labels_key)  # errors before any work
     declared = ref.get_outputs()[0].shape
     if isinstance(declared, list) and len(declared) == 1:
         raise ModelError(f"{src}: output 0 has no class axis: the sweep scores points by top-1 accuracy or "
                          "agreement; use onnxjpq eval for the output SNR")
-    results = _run_all(_tasks(src, str(data), out, config), config.jobs, progress)
+    existed = {path for _, path in written if path.exists()}
+    created = [d for d in (out, out / "models") if not d.exists()]
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    try:
+        summary = _summarize(src, data, config, _run_all(tasks, config.jobs, progress), file_bytes(src))
+        write_tables(summary, out)
+    except BaseException:  # a failed or interrupted sweep leaves nothing behind
+        _undo(written, existed, created)
+        raise
+    return summary
+
+
+def _summarize(src: Path, data, config: SweepConfig, results: list[dict], src_bytes: int) -> dict:
+    """The sweep's summary: the rows, fp32's figures, the Pareto front and the plot point."""
     rows = [r["row"] for r in results]
     labelled = results[0]["ref_accuracy"] is not None
     metric = "accuracy" if labelled else "agreement"
-    reference = {"rate": 1.0, "bytes": file_bytes(src), "accuracy": results[0]["ref_accuracy"],
+    reference = {"rate": 1.0, "bytes": src_bytes, "accuracy": results[0]["ref_accuracy"],
                  "agreement": 100.0}
     front = pareto_front([r["rate"] for r in rows], [r[metric] for r in rows])
     chosen = (rows[config.grid().index(tuple(config.plot_point))] if config.plot_point is not None
@@ -208,7 +256,6 @@ def sweep(src: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.Pat
                "config": asdict(config), "pareto": [[rows[i]["prune"], rows[i]["bits"]] for i in front],
                "plot_point": [chosen["prune"], chosen["bits"]],
                "points": [{**row, "report": r["report"]} for row, r in zip(rows, results)]}
-    write_tables(summary, out)
     return summary
 
 
