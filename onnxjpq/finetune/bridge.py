@@ -41,7 +41,8 @@ class OnnxModule(nn.Module):
         self.weights = nn.ParameterDict()
         self.constants: dict[str, torch.Tensor] = {}
         for name, tensor in values.items():
-            if tensor.is_floating_point() and (trainable is None or name in trainable):
+            trainable_type = tensor.is_floating_point() and tensor.element_size() > 1  # (not float8)
+            if trainable_type and (trainable is None or name in trainable):
                 self.weights[self.alias[name]] = nn.Parameter(tensor)
             else:
                 self.constants[name] = tensor

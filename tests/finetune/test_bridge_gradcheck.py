@@ -146,6 +146,24 @@ def _cases(rng):
             n = MatMul (a, b)
             g = Gemm <transA = 1, transB = 1, alpha = 0.5, beta = 2.0> (c, d, e)
         }""", {"a": r(2, 3, 4), "b": r(2, 4, 2), "c": r(5, 3), "d": r(2, 5), "e": r(2)}),
+        "attention": ("""(double[2,2,3,4] q, double[2,1,5,4] k, double[2,1,5,4] v, double[3,5] m,
+                          double[2,3,8] x, double[3,2] cos, double[3,2] sin, double[2,3] a, double[2,3] b)
+                          => (double y, double pk, double pv, double qk, double r, double g) {
+            y, pk, pv, qk = Attention <is_causal = 1, softcap = 3.0, qk_matmul_output_mode = 3> (q, k, v, m)
+            r = RotaryEmbedding <num_heads = 2> (x, cos, sin)
+            g = SwiGLU <alpha = 1.5> (a, b)
+        }""", {"q": r(2, 2, 3, 4), "k": r(2, 1, 5, 4), "v": r(2, 1, 5, 4), "m": r(3, 5), "x": r(2, 3, 8),
+               "cos": r(3, 2), "sin": r(3, 2), "a": r(2, 3), "b": r(2, 3)}),
+        "sampling": ("""(double[1,2,4,5] x, double[1,3,2,2] grid, double[1,2,3] theta) => (double a, double b) {
+            a = GridSample <mode = "cubic", padding_mode = "border"> (x, grid)
+            size = Constant <value = int64[4] {1, 2, 3, 3}> ()
+            b = AffineGrid <align_corners = 1> (theta, size)
+        }""", {"x": r(1, 2, 4, 5), "grid": rng.uniform(-1.2, 1.2, size=(1, 3, 2, 2)), "theta": r(1, 2, 3)}),
+        "spectral": ("""(double[1,20,1] x, double[6] w, double[1,5,4,2] c) => (double s, double d) {
+            step = Constant <value = int64 {3}> ()
+            s = STFT <onesided = 1> (x, step, w)
+            d = DFT <inverse = 1> (c)
+        }""", {"x": r(1, 20, 1), "w": r(6), "c": r(1, 5, 4, 2)}),
         "control_flow": ("""(double[3] x, bool c, int64 t) => (double y, double s) {
             y = If <then_branch = g1 () => (double z) { z = Mul (x, x) },
                     else_branch = g2 () => (double z) { z = Neg (x) }> (c)
@@ -158,6 +176,9 @@ def _cases(rng):
     }
 
 
+_OPSETS = {"normalisation": 21, "attention": 24, "sampling": 20, "spectral": 17}
+
+
 def _module(text: str, opset: int = 18) -> OnnxModule:
     model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : {opset}]>\nagraph {text}')
     return OnnxModule(model)
@@ -166,7 +187,7 @@ def _module(text: str, opset: int = 18) -> OnnxModule:
 @pytest.mark.parametrize("family", sorted(_cases(np.random.default_rng(0))))
 def test_gradients_match_finite_differences(family):
     text, inputs = _cases(np.random.default_rng(0))[family]
-    module = _module(text, 21 if family == "normalisation" else 18)
+    module = _module(text, _OPSETS.get(family, 18))
     args = [torch.tensor(inputs[name], requires_grad=np.asarray(inputs[name]).dtype == np.float64)
             for name in module.input_names]
     assert any(a.requires_grad for a in args)

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .common import axis, ints
+from .common import axis
 from .registry import register
 
 _SELU_ALPHA = 1.67326319217681884765625
@@ -39,6 +39,11 @@ _activation("Shrink", lambda x, n: _shrink(x, n.attr("lambd", 0.5), n.attr("bias
 def _shrink(x, lambd: float, bias: float):
     zero = torch.zeros_like(x)
     return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, zero)).to(x.dtype)
+
+
+@register("SwiGLU")
+def swiglu(node, a, b):
+    return [a * torch.sigmoid(node.attr("alpha", 1.0) * a) * b]
 
 
 @register("PRelu")

@@ -111,3 +111,20 @@ def reverse_sequence(node, x, lengths):
         source = source.t()
     shape = [x.shape[i] if i in (t_axis, b_axis) else 1 for i in range(x.dim())]
     return [torch.gather(x, t_axis, source.reshape(shape).expand(x.shape))]
+
+
+@register("Unique")
+def unique(node, x):
+    """Unique values (sorted, or in order of first occurrence), first indices, inverse indices, counts."""
+    a = node.attr("axis")
+    flat = x.reshape(-1) if a is None else x
+    dim = 0 if a is None else axis(a, x.dim())
+    y, inverse, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True, dim=dim)
+    positions = torch.arange(flat.shape[dim])
+    first = torch.full((y.shape[dim],), flat.shape[dim], dtype=torch.int64).scatter_reduce(
+        0, inverse, positions, "amin")
+    if not node.attr("sorted", 1):
+        order = torch.argsort(first)
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(order)))
+        y, first, inverse, counts = flat.index_select(dim, first[order]), first[order], rank[inverse], counts[order]
+    return [y, first, inverse.reshape(-1), counts][:max(1, node.n_outputs)]

@@ -27,3 +27,8 @@ def gemm(node, a, b, c=None):
 @register("Einsum")
 def einsum(node, *xs):
     return [torch.einsum(node.attr("equation").replace(" ", ""), *xs)]
+
+
+@register("Det")
+def det(node, x):
+    return [torch.linalg.det(x)]

@@ -65,3 +65,15 @@ def pad(node, x, pads=None, value=None, axes=None):
     for a in range(rank):
         x = _pad_axis(x, a, begins[a], ends[a], mode)
     return [x]
+
+
+@register("CenterCropPad")
+def center_crop_pad(node, x, shape):
+    """Crop or zero-pad each chosen axis to its target length, centred (the odd element goes to the end)."""
+    axes = [axis(a, x.dim()) for a in node.ints("axes", list(range(x.dim())))]
+    begins, ends = [0] * x.dim(), [0] * x.dim()
+    for a, target in zip(axes, ints(shape)):
+        d = target - x.shape[a]
+        sign = 1 if d > 0 else -1
+        begins[a], ends[a] = sign * (abs(d) // 2), sign * (abs(d) - abs(d) // 2)
+    return [F.pad(x, torch_pads(begins, ends))]

@@ -146,3 +146,19 @@ register("GlobalAveragePool")(lambda node, x: [x.mean(dim=_spatial(x), keepdim=T
 register("GlobalMaxPool")(lambda node, x: [x.amax(dim=_spatial(x), keepdim=True)])
 register("GlobalLpPool")(lambda node, x: [
     x.abs().pow(node.attr("p", 2)).sum(dim=_spatial(x), keepdim=True).pow(1.0 / node.attr("p", 2))])
+
+
+@register("MaxUnpool")
+def max_unpool(node, x, indices, output_shape=None):
+    """Scatter x to MaxPool's flat Indices in a zero tensor of the inferred (or given) shape."""
+    rank = x.dim() - 2
+    kernel, strides = node.ints("kernel_shape"), node.ints("strides", [1] * rank)
+    pads = node.ints("pads", [0] * (2 * rank))
+    inferred = [(n - 1) * s - (pads[i] + pads[i + rank]) + k
+                for i, (n, s, k) in enumerate(zip(x.shape[2:], strides, kernel))]
+    flat = torch.zeros(x.shape[0] * x.shape[1] * math.prod(inferred), dtype=x.dtype)
+    y = flat.index_put((indices.reshape(-1).long(),), x.reshape(-1)).reshape(*x.shape[:2], *inferred)
+    if output_shape is None:
+        return [y]
+    target = [int(v) for v in output_shape.tolist()]
+    return [pad_begin_end(y, [0] * rank, [t - n for t, n in zip(target[2:], inferred)])]
