@@ -227,7 +227,7 @@ def _failure(exc: BaseException) -> str:
     """What went wrong in the user's code, in a few words."""
     if isinstance(exc, SystemExit):
         return f"it called sys.exit({exc.code!r})"
-    return f"{type(exc).__name__}: {first_line(exc)}"
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _guarded(spec: str, doing: str, call: Callable):

@@ -104,6 +104,9 @@ def _member_header(f, member: str, path) -> tuple[tuple[int, ...], bool, np.dtyp
         return np.lib.format.read_array_header_1_0(f)
     if version == (2, 0):
         return np.lib.format.read_array_header_2_0(f)
+    impl = getattr(np.lib, "_format_impl", np.lib.format)  # numpy 2 keeps the general reader private
+    if version == (3, 0) and hasattr(impl, "_read_array_header"):  # 2.0 with a UTF-8 header
+        return impl._read_array_header(f, version)
     raise DataError(f"{path}: array {member!r} has .npy format version {version[0]}.{version[1]}, "
                     "which is not read; save it with numpy.savez")
 

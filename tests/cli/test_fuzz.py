@@ -599,3 +599,251 @@ def _clean_entry_run(folder: Path, args: list[str], name: str) -> bool:
     assert not leftovers, leftovers
     return True
 # ================================================================== end of the data-file block
+
+
+# ================================================================== data files and entry points (issue 15)
+# Hostile data for every verb that reads it: .npz headers declaring absurd sizes,
+# FIFOs, devices and folders, NaN/Inf samples, `module:function` entry points that
+# misbehave. Each run ends in status 0 or one `error: ...` line (status 1 or 2), never
+# a traceback or a hang; the data file is byte-identical after it and nothing is left.
+
+
+def _data_commands(data: str, out: Path) -> dict[str, list[str]]:
+    return {"eval": ["eval", "m.onnx", "m.onnx", "--data", data, "--runs", "0", "-q"],
+            "calib": ["compress", "m.onnx", "-o", str(out), "--rate", "8", "--calib", data, "--min-params", "0",
+                      "-q"],
+            "max-drop": ["compress", "m.onnx", "-o", str(out), "--max-drop", "5", "--data", data, "--min-params",
+                         "0", "-q"],
+            "sensitivity": ["sensitivity", "m.onnx", "--data", data, "--min-params", "0", "-q"]}
+
+
+def _assert_clean_data_run(folder: Path, args: list[str], expect_error: bool = False, seconds: int = 60) -> None:
+    """Run `args` in `folder`; one clean ending, the inputs unchanged, nothing new left behind."""
+    import contextlib
+    import signal
+
+    def hung(*_):
+        raise TimeoutError(f"{args} ran past {seconds} s")
+
+    before = {p.name: p.read_bytes() if p.is_file() else None for p in folder.iterdir()}
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        with contextlib.chdir(folder):
+            result = CliRunner().invoke(main, args)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code in ((1, 2) if expect_error else (0, 1, 2)), (args, result.output)
+    if result.exit_code:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
+    assert "Traceback" not in result.output
+    after = {p.name: p.read_bytes() if p.is_file() else None for p in folder.iterdir()}
+    new = set(after) - set(before) - ({"out.onnx"} if result.exit_code == 0 else set())
+    assert not new, f"{args} left {sorted(new)}"
+    assert {k: after[k] for k in before} == before, "an input was modified"
+
+
+def _npy_bytes(shape, descr: str, fortran: bool, version: tuple[int, int], payload: bytes) -> bytes:
+    import struct
+
+    header = f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {tuple(shape)}, }}"
+    length = "<H" if version == (1, 0) else "<I"
+    size = 10 if version == (1, 0) else 12
+    header += " " * (-(len(header) + size + 1) % 64) + "\n"
+    return b"\x93NUMPY" + bytes(version) + struct.pack(length, len(header)) + header.encode() + payload
+
+
+@st.composite
+def header_bombs(draw) -> bytes:
+    """An .npz whose members declare shapes (often huge), dtypes and sizes the bytes do not back."""
+    import io
+    import struct
+    import zipfile
+
+    dims = st.one_of(st.integers(0, 8), st.integers(2**20, 2**62), st.sampled_from([-1, 2**63, 2**64, 16]))
+    members = {}
+    for name in draw(st.lists(st.sampled_from(["x", "labels", "y", "other"]), min_size=1, max_size=3, unique=True)):
+        shape = draw(st.lists(dims, max_size=4))
+        descr = draw(st.sampled_from(["<f4", ">f4", "<f8", "|u1", "<i8", "|O", "<U8", "|V0", "<c8", "|b1", "x9"]))
+        version = draw(st.sampled_from([(1, 0), (2, 0), (3, 0)]))
+        members[name] = _npy_bytes(shape, descr, draw(st.booleans()), version, draw(st.binary(max_size=200)))
+    if draw(st.booleans()):  # a valid input beside the bombs, so that the labels are read too
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.zeros((4, 16), np.float32))
+        members["x"] = buffer.getvalue()
+    method = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, blob in members.items():
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), blob, method)
+    blob = bytearray(buffer.getvalue())
+    if draw(st.booleans()):  # forge the first member's uncompressed size, in its header and the directory
+        size = draw(st.sampled_from([0, 1, 2**20, 2**31, 2**32 - 1]))
+        struct.pack_into("<I", blob, 22, size)
+        struct.pack_into("<I", blob, blob.index(b"PK\x01\x02") + 24, size)
+    return bytes(blob)
+
+
+@settings(FUZZ, max_examples=200)
+@given(header_bombs(), st.sampled_from(["eval", "eval", "calib", "max-drop", "sensitivity"]))
+def test_npz_header_bombs_are_refused_before_allocating(blob, command):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "m.onnx").write_bytes(SEEDS["mlp"])
+        (folder / "d.npz").write_bytes(blob)
+        _assert_clean_data_run(folder, _data_commands("d.npz", folder / "out.onnx")[command])
+
+
+@st.composite
+def non_finite_data(draw) -> bytes:
+    import io
+
+    n = draw(st.sampled_from([2, 4, 6]))
+    x = np.random.default_rng(draw(st.integers(0, 99))).standard_normal((n, 16)).astype(np.float32)
+    for _ in range(draw(st.integers(1, 5))):
+        x[draw(st.integers(0, n - 1)), draw(st.integers(0, 15))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    if draw(st.booleans()):
+        x[:] = draw(st.sampled_from([np.nan, np.inf]))
+    arrays = {"x": x}
+    if draw(st.booleans()):
+        arrays[draw(st.sampled_from(["labels", "y", "target"]))] = np.arange(n) % 4
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@settings(FUZZ, max_examples=60)
+@given(non_finite_data(), st.sampled_from(["eval", "calib", "max-drop", "sensitivity", "activations"]))
+def test_non_finite_data_is_refused_in_every_mode(blob, command):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "m.onnx").write_bytes(SEEDS["mlp"])
+        (folder / "d.npz").write_bytes(blob)
+        commands = _data_commands("d.npz", folder / "out.onnx")
+        commands["activations"] = commands["calib"] + ["--activations", "int8"]
+        _assert_clean_data_run(folder, commands[command], expect_error=True)
+        assert not (folder / "out.onnx").exists()
+
+
+@settings(FUZZ, max_examples=12)
+@given(st.sampled_from(["fifo", "fifo_link", "dev_zero", "dev_null", "folder", "socket"]),
+       st.sampled_from(["eval", "calib", "max-drop", "sensitivity", "finetune_val"]))
+def test_non_regular_data_files_are_refused_without_blocking(kind, command):
+    import os
+    import socket
+
+    if kind == "folder" and command in ("calib", "max-drop", "finetune_val"):
+        return  # click's own dir_okay=False check answers these with its usage text
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "m.onnx").write_bytes(SEEDS["mlp"])
+        data, server = {"dev_zero": "/dev/zero", "dev_null": "/dev/null", "folder": "."}.get(kind, "d.npz"), None
+        if kind.startswith("fifo"):
+            os.mkfifo(folder / "pipe")
+            os.symlink("pipe", folder / "d.npz") if kind == "fifo_link" else os.rename(folder / "pipe", folder / "d.npz")
+        elif kind == "socket":
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(str(folder / "d.npz"))
+        commands = _data_commands(data, folder / "out.onnx")
+        (folder / "train.npz").write_bytes(NPZ)
+        commands["finetune_val"] = ["finetune", "m.onnx", "-o", "out.onnx", "--data", "train.npz", "--val", data,
+                                    "--epochs", "1", "--prune", "0.5", "--bits", "4", "-q"]
+        try:
+            _assert_clean_data_run(folder, commands[command], expect_error=True, seconds=30)
+        finally:
+            if server is not None:
+                server.close()
+
+
+_ITEMS = ["ok", "ok", "nan", "inf", "ragged", "objects", "wrong_key", "not_dict", "float64", "scalar", "labels",
+          "raise", "exit", "stop"]
+_RAISES = ["ValueError('bad')", "KeyError('k')", "RuntimeError()", "MemoryError()", "RecursionError('deep')",
+           "ZeroDivisionError('x')", "AssertionError()", "OSError(5, 'io')", "SystemExit(0)", "SystemExit(3)",
+           "SystemExit('quit')", "SystemExit(None)", "StopIteration()", "Exception('\\n\\nmultiline\\n')"]
+
+
+def _item_code(kind: str, draw) -> str:
+    """A statement producing `item` (or failing) in the generated entry point."""
+    return {"ok": "item = {'x': np.zeros((2, 16), np.float32)}",
+            "nan": "item = {'x': np.full((2, 16), np.nan, np.float32)}",
+            "inf": "item = {'x': np.array([[0.0] * 15 + [np.inf]] * 2, np.float32)}",
+            "ragged": "item = {'x': [[0.0] * 16, [0.0] * 15]}",
+            "objects": "item = {'x': np.array([None, 1.0], dtype=object)}",
+            "wrong_key": "item = {'image': np.zeros((2, 16), np.float32)}",
+            "not_dict": f"item = {draw(st.sampled_from(['None', '3', 'np.zeros(2)', 'object()', '[1, 2]']))}",
+            "float64": "item = {'x': np.zeros((2, 16))}",
+            "scalar": "item = {'x': np.float32(1.0)}",
+            "labels": "item = {'x': np.zeros((2, 16), np.float32), 'y': np.array([1, 2])}",
+            "raise": f"raise {draw(st.sampled_from(_RAISES))}",
+            "exit": f"sys.exit({draw(st.sampled_from(['0', '1', 'None', repr('bye')]))})",
+            "stop": "return"}[kind]
+
+
+_MODULES = iter(range(10**6))
+
+
+@st.composite
+def entry_points(draw) -> str:
+    """The source of a module `f` whose function yields, returns or fails in drawn ways."""
+    head = draw(st.sampled_from([""] * 8 + ["def broken(:\n", "sys.exit(0)\n", "raise ImportError('no')\n",
+                                            "import no_such_module_15\n"]))
+    items = draw(st.lists(st.sampled_from(_ITEMS), max_size=4))
+    style = draw(st.sampled_from(["yield", "list", "dict", "none", "raise_first"]))
+    lines = ["import sys", "import numpy as np", head, "def f():"]
+    if style == "raise_first":
+        lines.append(f"    raise {draw(st.sampled_from(_RAISES))}")
+    elif style == "none":
+        lines.append("    return None")
+    elif style == "dict":
+        lines += ["    " + _item_code(items[0] if items else "ok", draw), "    return item"]
+    else:
+        lines += ["    out = []"] if style == "list" else []
+        for kind in items:
+            lines += ["    " + _item_code(kind, draw), "    " + ("out.append(item)" if style == "list" else "yield item")]
+        lines += ["    return out"] if style == "list" else ["    return", "    yield"]
+    return "\n".join(lines) + "\n"
+
+
+@settings(FUZZ, max_examples=150)
+@given(entry_points(), st.sampled_from(["eval", "eval", "sensitivity"]))
+def test_misbehaving_entry_points_end_in_one_line_naming_them(source, command):
+    import sys
+
+    name = f"fuzz_feed_{next(_MODULES)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "m.onnx").write_bytes(SEEDS["mlp"])
+        (folder / f"{name}.py").write_text(source)
+        json_out = ["--json", "r.json"]
+        args = _data_commands(f"{name}:f", folder / "out.onnx")[command] + json_out
+        sys.path.insert(0, tmp)
+        try:
+            result_ok = _clean_entry_run(folder, args, name)
+        finally:
+            sys.path.remove(tmp)
+            sys.modules.pop(name, None)
+        assert result_ok
+
+
+def _clean_entry_run(folder: Path, args: list[str], name: str) -> bool:
+    """The run is clean; a failure names the entry point; the JSON exists exactly when it exits 0."""
+    import contextlib
+
+    with contextlib.chdir(folder):
+        result = CliRunner().invoke(main, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code in (0, 1, 2), (args, result.output)
+    assert "Traceback" not in result.output
+    assert (folder / "r.json").exists() == (result.exit_code != 2), (result.exit_code, result.output)
+    if result.exit_code == 2:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --data {name}:f"), result.stderr
+    leftovers = {p.name for p in folder.iterdir()} - {"m.onnx", f"{name}.py", "r.json", "__pycache__"}
+    assert not leftovers, leftovers
+    return True
+# ================================================================== end of the data-file block
