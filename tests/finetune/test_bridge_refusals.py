@@ -36,14 +36,14 @@ def _tensor(name: str, elem=TensorProto.FLOAT, shape=(1, 4)):
 
 
 def test_every_missing_op_is_named_once_in_one_message_even_inside_subgraphs():
-    body = helper.make_graph([helper.make_node("Hardmax", ["x"], ["z"]), helper.make_node("STFT", ["z", "z"], ["u"])],
+    body = helper.make_graph([helper.make_node("Hardmax", ["x"], ["z"]), helper.make_node("TfIdfVectorizer", ["z"], ["u"])],
                              "then", [], [_tensor("u")])
     other = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "else", [], [_tensor("r")])
     nodes = [helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other),
              helper.make_node("Hardmax", ["y"], ["w"]),
              helper.make_node("FusedConv", ["w"], ["v"], domain="com.microsoft")]
     model = _model(nodes, [_tensor("c", TensorProto.BOOL, ()), _tensor("x")], [_tensor("v")])
-    assert _refusal(model) == "fine-tuning cannot run ops Hardmax, STFT, com.microsoft.FusedConv"
+    assert _refusal(model) == "fine-tuning cannot run ops Hardmax, TfIdfVectorizer, com.microsoft.FusedConv"
 
 
 def test_an_attribute_the_registry_cannot_honour_is_named_with_the_op():
@@ -81,5 +81,6 @@ def test_the_finetune_command_refuses_an_unsupported_model_in_one_line_before_tr
                              "--data", str(MODELS / "lenet300_train.npz"), "--epochs", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: fine-tuning cannot run op Hardmax"
+    assert result.stderr.strip().splitlines()[-1] == "error: fine-tuning cannot run op Hardmax"
+    assert "Traceback" not in result.stderr and "loss" not in result.stderr + result.stdout
     assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "o.onnx.ckpt").exists()
