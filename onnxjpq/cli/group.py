@@ -15,6 +15,8 @@ Exit status:
      (compress --max-drop, eval --max-drop)
   2  bad input or usage: unreadable or unsupported model, bad
      option or data file, output that cannot be written
+     or that would overwrite an input or another output
+  130  interrupted (Ctrl-C); temporary files are removed
 Errors are one line on stderr ("error: ..."). Logs, tables and
 progress go to stderr; with --json the JSON alone goes to stdout."""
 
