@@ -1,10 +1,17 @@
 """Data for models: datasets and batches from .npz files or entry points, checked against a session.
 
 Data comes from an .npz file (one array per model input, samples stacked
-along axis 0, optional labels) or from a `module:function` entry point whose
-function returns or yields feed dicts (input name → batch array, optional
-labels under the labels key). Both are checked against the model's declared
-inputs (names, rank, fixed dimensions, dtype) with a one-line `DataError`.
+along axis 0, optional labels; read by `npz.read_npz`, which trusts nothing in
+the file) or from a `module:function` entry point whose function returns or
+yields feed dicts (input name → batch array, optional labels under the labels
+key). Both are checked against the model's declared inputs (names, rank,
+fixed dimensions, dtype) and refused when a float input holds NaN or Inf,
+with a one-line `DataError` naming the input and the sample. The labels are
+the array named by `--labels`; by default `labels`, else the one of label, y,
+targets, target, labels_true that is present (`Dataset.labels_key` says which);
+`none` uses none. Whatever an entry point does (raise, return None, yield
+ragged arrays, call sys.exit) ends in one line naming it, its exception kept
+as the cause.
 """
 
 from __future__ import annotations
