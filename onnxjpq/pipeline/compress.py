@@ -237,11 +237,14 @@ def summarize(rows, skipped, plan: CompressionPlan, selection: Selection, output
 
 
 def check_output(model: onnx.ModelProto, runtime: bool) -> None:
-    """The output must pass onnx.checker's full check (strict shape inference included) and
-    load in onnxruntime, or nothing is written: a ModelError of one line says why."""
+    """The output must pass onnx.checker's full check (strict shape inference included, except
+    with sparse initializers) and load in onnxruntime, or nothing is written: a ModelError
+    of one line says why."""
     if model.ByteSize() < 2**31 - 1:
+        # strict shape inference does not type sparse tensors (the sparse format's codes)
+        full = not any(g.sparse_initializer for g in proto_graphs(model.graph))
         try:
-            onnx.checker.check_model(model, full_check=True)
+            onnx.checker.check_model(model, full_check=full)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise ModelError(f"the compressed model fails onnx.checker ({first_line(exc)}); nothing was "
                              "written") from None
