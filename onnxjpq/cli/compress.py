@@ -53,9 +53,10 @@ from .options import method_config, selection_from, with_selection
               help="laplace: OPQ's per-layer ratios from the Laplace fit; exact: global magnitude.")
 @click.option("--keep-survivors/--no-keep-survivors", default=True, show_default=True,
               help="Kept weights never round to 0 (the prune ratio asked is the one stored).")
-@click.option("--format", "fmt", type=click.Choice(["qdq", "float", "sparse"]), default="qdq",
+@click.option("--format", "fmt", type=click.Choice(["qdq", "float", "sparse", "packed"]), default="qdq",
               show_default=True, help="qdq: int4/int8 + DequantizeLinear; float: dequantized floats; "
-                                      "sparse: int8 codes in sparse_initializer storage.")
+                                      "sparse: int8 codes in sparse_initializer storage; packed: codes "
+                                      "bit-packed at their width, decoded by standard ops (opset 18).")
 @click.option("--int4/--no-int4", default=True, show_default=True,
               help="Store layers whose codes fit in 4 bits as int4 (opset 21).")
 @click.option("--granularity", type=click.Choice(["auto", "layer", "channel"]), default="auto", show_default=True,

@@ -26,6 +26,7 @@ from ..core.quant import CONTAINER_MAX
 from .report import layer_row, report_dict, totals
 from ..rewrite import FORMATS, layer_codes
 from ..rewrite.dense import apply_float
+from ..rewrite.packed import PACKED_MIN_OPSET, apply_packed
 from ..rewrite.qdq import apply_qdq, pack_int4
 from ..rewrite.sparse import to_sparse
 from ..core.stats import laplace_fit
@@ -77,6 +78,8 @@ def upgrade_for(model: onnx.ModelProto, plan: CompressionPlan, max_codes: list[i
     from its statistics)."""
     if output.format == "float":
         return model, False
+    if output.format == "packed":
+        return _packed_opset(model, notes), False
     wants_int4 = output.int4 and output.format == "qdq" and min(max_codes) <= CONTAINER_MAX["int4"]
     opset = default_opset(model)
     if wants_int4 and opset < INT4_MIN_OPSET:
@@ -95,6 +98,19 @@ def upgrade_for(model: onnx.ModelProto, plan: CompressionPlan, max_codes: list[i
         notes.append(f"opset upgraded from {opset} to 13 for DequantizeLinear")
         return upgraded, wants_int4
     return model, wants_int4
+
+
+def _packed_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """The packed format's decoder needs BitShift/BitwiseAnd of opset 18."""
+    opset = default_opset(model)
+    if opset >= PACKED_MIN_OPSET:
+        return model
+    upgraded = upgrade(model, PACKED_MIN_OPSET)
+    if upgraded is None:
+        raise ModelError(f"opset {opset} cannot be upgraded to {PACKED_MIN_OPSET}, which the packed format "
+                         "needs; use the qdq or float format")
+    notes.append(f"opset upgraded from {opset} to {PACKED_MIN_OPSET} for the packed format")
+    return upgraded
 
 
 def _hoist_outer_initializers(out: onnx.ModelProto, original: onnx.ModelProto) -> None:
@@ -204,6 +220,8 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
         p = plans[layer.name]
         if output.format == "float":
             container = apply_float(layer, p)
+        elif output.format == "packed":
+            container = apply_packed(graph, layer, p)
         else:
             stored = apply_qdq(graph, layer, p, allow_int4=int4)
             container = stored.container

@@ -2,7 +2,8 @@
 
 - qdq: integer codes (int4/int8) + DequantizeLinear (default);
 - dense: the dequantized values written back as float;
-- sparse: qdq with the integer codes in sparse_initializer storage.
+- sparse: qdq with the integer codes in sparse_initializer storage;
+- packed: codes bit-packed at their real width with a decoder of standard ops (opset 18).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ..graph.layers import WeightLayer
 from ..core.plan import LayerPlan
 from ..core.quant import quantize_codes
 
-FORMATS = ("qdq", "float", "sparse")
+FORMATS = ("qdq", "float", "sparse", "packed")
 
 
 def layer_codes(layer: WeightLayer, plan: LayerPlan) -> np.ndarray:

@@ -229,10 +229,10 @@ def apply_packed(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan) -> str:
     else:
         packed = encode(codes, layer.axis, layer.groups, plan.step)
     taken = {name for g in all_graphs(graph) for name in g.tensors()}
-    prefix = _fresh_prefix(f"{layer.name}_packed", taken)
+    prefix = _fresh_prefix("p", taken)  # short: the decoder names add up in small models
     home = layer.home or graph
     output = _detach_weight(home, layer)
-    nodes, initializers = decoder_nodes(prefix, output.name, packed)
+    nodes, initializers = _compact(*decoder_nodes(prefix, output.name, packed), prefix)
     decoder = gs.import_onnx(helper.make_model(
         helper.make_graph(nodes, "decoder", [], [helper.make_tensor_value_info(output.name, TensorProto.FLOAT, None)],
                           initializers), opset_imports=[helper.make_opsetid("", graph.opset)]))
@@ -240,6 +240,26 @@ def apply_packed(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan) -> str:
     last.outputs[0] = output
     home.nodes[0:0] = decoder.nodes  # inputs are constants: first is always topologically valid
     return describe(packed)
+
+
+def _compact(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], prefix: str
+             ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The decoder with its internal tensors renamed `prefix/0`, `prefix/1`, ... and its nodes
+    unnamed: in a small model the descriptive names would outweigh the packed bits."""
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name.startswith(prefix + "/"):
+            return name
+        return short.setdefault(name, f"{prefix}/{len(short)}")
+
+    for tensor in initializers:
+        tensor.name = rename(tensor.name)
+    for node in nodes:
+        node.name = ""
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    return nodes, initializers
 
 
 def _fresh_prefix(prefix: str, taken: set[str]) -> str:

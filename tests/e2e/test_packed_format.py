@@ -1,0 +1,44 @@
+"""`compress --format packed`: the same outputs as the float format, in a smaller file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxjpq.cli import main
+from onnxjpq.testing import run
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _compress(tmp_path: Path, name: str, *options: str) -> Path:
+    out = tmp_path / name
+    result = CliRunner().invoke(main, ["compress", str(MODELS / "lenet5.onnx"), "-o", str(out), "-q", *options])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options, smaller", [(["--prune", "0.9", "--bits", "3"], True), (["--rate", "16"], True),
+                                              ([], False)])  # dense 8-bit codes: the decoder costs more
+def test_packed_outputs_equal_the_float_format_in_a_smaller_file_than_qdq(tmp_path, options, smaller):
+    packed = _compress(tmp_path, "packed.onnx", "--format", "packed", *options)
+    flt = _compress(tmp_path, "float.onnx", "--format", "float", *options)
+    qdq = _compress(tmp_path, "qdq.onnx", *options)
+    onnx.checker.check_model(onnx.load(packed), full_check=True)
+    x = np.load(MODELS / "lenet5_test.npz")
+    feeds = {k: x[k][:64] for k in x.files if k != "labels"}
+    np.testing.assert_array_equal(run(str(packed), feeds)[0], run(str(flt), feeds)[0])
+    assert (packed.stat().st_size < qdq.stat().st_size) is smaller
+
+
+@pytest.mark.slow
+def test_packed_output_is_byte_identical_on_a_rerun(tmp_path):
+    a = _compress(tmp_path, "a.onnx", "--format", "packed", "--prune", "0.5", "--bits", "4")
+    b = _compress(tmp_path, "b.onnx", "--format", "packed", "--prune", "0.5", "--bits", "4")
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
