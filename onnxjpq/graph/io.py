@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,8 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
 from ..errors import ModelError, first_line
-from .outputs import check_outputs, temp_prefix
+from .outputs import check_outputs, temp_prefix, umask, write_atomic
+from .outputs import atomic_file, write_text_atomic  # noqa: F401  (re-exported: checkpoints and reports)
 
 _PROTOBUF_LIMIT = 2**31 - 1
 _COPY_CHUNK = 64 << 20
@@ -247,7 +247,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     path = Path(path)
     if model.ByteSize() > _PROTOBUF_LIMIT:
         return _save_external(model, path)
-    _write_atomic(path, model.SerializeToString(deterministic=True))
+    write_atomic(path, model.SerializeToString(deterministic=True))
     return path.stat().st_size
 
 
@@ -328,7 +328,7 @@ class ExternalWriter:
     def commit(self) -> int:
         """Move the data file and the model into place; return their bytes."""
         for name in (self.location, self.path.name):
-            os.chmod(self.folder / name, 0o666 & ~_umask())
+            os.chmod(self.folder / name, 0o666 & ~umask())
             os.replace(self.folder / name, self.path.parent / name)
         self.folder.rmdir()
         return self.path.stat().st_size + (self.path.parent / self.location).stat().st_size
@@ -363,38 +363,6 @@ class ExternalWriter:
             entry = tensor.external_data.add()
             entry.key, entry.value = key, str(value)
         tensor.data_location = onnx.TensorProto.EXTERNAL
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike):
-    """A binary file to write `path` through: a temporary file in its folder (named by
-    `outputs.temp_prefix`), moved into place when the block ends, removed if it fails."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(), suffix=f".{path.name[:80]}.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file (a report) atomically."""
-    _write_atomic(Path(path), text.encode())
 
 
 def file_bytes(path: str | os.PathLike) -> int:

@@ -1,4 +1,4 @@
-"""Output paths: refused before any work when they would destroy an input or each other.
+"""Output paths, refused before any work when they would destroy an input or each other; atomic writing.
 
 `check_outputs(inputs, outputs, folders)` compares every output a run will
 write (the model, its `.data` file, a report, a JSON file, a figure, a
@@ -12,6 +12,8 @@ Temporary files get names `.onnxjpq-<host>-<pid>-…` in the output's folder
 (`temp_prefix`); `remove_stale` deletes those of this host whose process is
 gone (a run killed with SIGKILL), which `check_outputs` does for every output
 folder, so the next run in that folder cleans up after a killed one.
+`atomic_file` writes through such a temporary file, moved into place only
+when the write completes and removed on any failure or interrupt.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import os
 import re
 import shutil
 import socket
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -167,3 +171,39 @@ def check_outputs(inputs: Labelled, outputs: Labelled, folders: Labelled = ()) -
 
 def _same(a, b) -> bool:
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
+
+
+# ------------------------------------------------------------------ atomic writing
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike):
+    """A binary file to write `path` through: a temporary file in its folder (named by
+    `outputs.temp_prefix`), moved into place when the block ends, removed if it fails."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(), suffix=f".{path.name[:80]}.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; outputs get the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file (a report) atomically."""
+    write_atomic(Path(path), text.encode())

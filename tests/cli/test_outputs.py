@@ -289,7 +289,7 @@ def test_ctrl_c_is_one_line_status_130_and_leaves_nothing(work, target, args):
 def test_ctrl_c_while_a_temporary_file_is_open_removes_it(work):
     code = textwrap.dedent("""
         import contextlib, os, signal, time
-        import onnxjpq.graph.io as io
+        import onnxjpq.graph.outputs as io
         real = io.atomic_file
         @contextlib.contextmanager
         def slow(path):
@@ -335,3 +335,30 @@ def test_the_next_run_removes_the_temporaries_of_a_killed_one(work):
     result = _invoke("compress", "m.onnx", "-o", "out.onnx", "-q")
     assert result.exit_code == 0, result.output
     assert not stale[0].exists() and mine.exists()
+
+
+def test_a_sweep_failing_midway_leaves_nothing_behind(work, monkeypatch):
+    import onnxjpq.workflows.sweep as sweep
+    from onnxjpq.errors import ModelError
+
+    real, calls = sweep.run_point, []
+
+    def second_fails(task):
+        calls.append(task)
+        if len(calls) == 2:
+            raise ModelError("the second point failed")
+        return real(task)
+
+    monkeypatch.setattr(sweep, "run_point", second_fails)
+    before = _snapshot(work)
+    result = _invoke("sweep", *LENET, "--data", "lenet5_test.npz", "--prune", "0,0.5", "--bits", "8",
+                     "--jobs", "1", "--no-plot", "--out", "grid", "-q")
+    assert result.exit_code == 2 and result.stderr.strip() == "error: the second point failed"
+    assert len(calls) == 2 and _snapshot(work) == before  # the first point's model and report are gone
+
+
+def test_a_sweep_whose_out_folder_would_hold_an_input_is_refused(work):
+    (work / "grid" / "models").mkdir(parents=True)
+    os.symlink("../../lenet5_test.npz", work / "grid" / "models" / "lenet5_p0_b8.json")
+    assert_refused(work, ["sweep", *LENET, "--data", "lenet5_test.npz", "--prune", "0", "--bits", "8",
+                          "--no-plot", "--out", "grid"], "point report")
