@@ -1,8 +1,11 @@
 """Run an ONNX graph as a torch module whose parameters are its float initializers.
 
+Scalars (epsilons, exponents: 0-d tensors) and float8 tensors stay constants.
+
 Parameter names are the ONNX initializer names (in `module.weights`, a
 ParameterDict keyed by a safe alias), so trained values map straight back to
-the graph. Weight-producing Constant nodes become parameters too. The ops are
+the graph. Weight-producing Constant nodes of the main graph become parameters
+too (If/Loop/Scan bodies keep theirs as constants). The ops are
 those of the registry in `torchops` (one entry per ONNX op type). A
 `weight_transform` hook (name -> function of the parameter) lets a method
 quantize or mask the weights in the forward pass.
@@ -41,7 +44,7 @@ class OnnxModule(nn.Module):
         self.weights = nn.ParameterDict()
         self.constants: dict[str, torch.Tensor] = {}
         for name, tensor in values.items():
-            trainable_type = tensor.is_floating_point() and tensor.element_size() > 1  # (not float8)
+            trainable_type = tensor.is_floating_point() and tensor.element_size() > 1 and tensor.dim() > 0
             if trainable_type and (trainable is None or name in trainable):
                 self.weights[self.alias[name]] = nn.Parameter(tensor)
             else:

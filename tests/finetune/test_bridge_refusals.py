@@ -36,8 +36,8 @@ def _tensor(name: str, elem=TensorProto.FLOAT, shape=(1, 4)):
 
 
 def test_every_missing_op_is_named_once_in_one_message_even_inside_subgraphs():
-    body = helper.make_graph([helper.make_node("Hardmax", ["x"], ["z"]), helper.make_node("TfIdfVectorizer", ["z"], ["u"])],
-                             "then", [], [_tensor("u")])
+    body = helper.make_graph([helper.make_node("Hardmax", ["x"], ["z"]),
+                              helper.make_node("TfIdfVectorizer", ["z"], ["u"])], "then", [], [_tensor("u")])
     other = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "else", [], [_tensor("r")])
     nodes = [helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other),
              helper.make_node("Hardmax", ["y"], ["w"]),
