@@ -9,7 +9,7 @@ import click
 
 from .common import check_figure, make_console, progress_bar, progress_log, undo_on_failure, user_errors
 from .group import main
-from .options import method_config, selection_from, with_selection
+from .options import data_aware_from, method_config, selection_from, with_data_aware, with_selection
 
 
 @main.command()
@@ -30,7 +30,9 @@ from .options import method_config, selection_from, with_selection
               help="Budget mode: --rate is a storage rate (size), the papers' rate 32N/sum(bits x nonzero) "
                    "(paper), or a BOPs reduction (bops).")
 @click.option("--calib", type=click.Path(dir_okay=False),
-              help="Budget mode: .npz of model inputs to measure each layer's sensitivity on.")
+              help=".npz of model inputs: every layer is solved on the inputs it sees on them (data-aware "
+                   "compression, in every mode), and --activations int8 is calibrated on them.")
+@with_data_aware
 @click.option("--activations", type=click.Choice(["float", "int8"]), default="float", show_default=True,
               help="int8: also quantize activations (full QDQ model, integer kernels), calibrated on --calib.")
 @click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
@@ -69,8 +71,8 @@ from .options import method_config, selection_from, with_selection
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
 @user_errors("src")
-def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib,
-             activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path, metric,
+def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib, solver,
+             sequential, activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path, metric,
              prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, embeddings,
              report_path,
              plot_dir, quiet, as_json):
@@ -95,6 +97,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
             raise OptionError("--metric chooses the measure of --max-drop; give --max-drop and --data")
         config = replace(config, metric=metric)
     selection = selection_from(include, exclude, keep, min_params, embeddings)
+    data_aware = data_aware_from(solver, sequential, calib)
     console = make_console(quiet)
     if plot_dir:  # before any work: a figure that cannot be drawn must not leave a model behind
         from ..graph.io import model_inputs
@@ -103,7 +106,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
            if activations == "int8" else None)
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
                            report_path=report_path, progress=progress_bar(console, "compressing layers"),
-                           calib=calib, activations=act, log=progress_log(console))
+                           calib=calib, activations=act, log=progress_log(console), data_aware=data_aware)
     print_report(report, console)
     if "search" in report:
         found = report["search"]

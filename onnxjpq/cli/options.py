@@ -21,6 +21,35 @@ _SELECTION_OPTIONS = [
 ]
 
 
+_DATA_AWARE_OPTIONS = [
+    click.option("--solver", type=click.Choice(["gptq", "rtn"]), default=None,
+                 help="With --calib: gptq (error compensation: GPTQ/SparseGPT, rounding for small layers) "
+                      "or rtn (round to nearest on the grid of least output error, for comparison) "
+                      "[default: gptq]."),
+    click.option("--sequential/--independent", default=None,
+                 help="With --calib: capture each layer's inputs from the model whose earlier layers are "
+                      "already compressed (sequential, the default) or all from the fp32 model in one pass "
+                      "(independent: faster, weaker at high rates)."),
+]
+
+
+def with_data_aware(func):
+    for option in reversed(_DATA_AWARE_OPTIONS):
+        func = option(func)
+    return func
+
+
+def data_aware_from(solver, sequential, calib):
+    """The data-aware settings of --solver and --sequential/--independent (they need --calib)."""
+    from ..errors import OptionError
+    from ..workflows.data_aware import DataAwareConfig
+    if calib is None:
+        if solver is not None or sequential is not None:
+            raise OptionError("--solver and --sequential/--independent set the data-aware solve: give --calib")
+        return None
+    return DataAwareConfig(solver=solver or "gptq", sequential=True if sequential is None else sequential)
+
+
 def with_selection(func):
     for option in reversed(_SELECTION_OPTIONS):
         func = option(func)

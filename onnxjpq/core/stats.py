@@ -6,6 +6,7 @@ Kolmogorov–Smirnov distance between |w| and the exponential law it implies.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,12 +25,19 @@ class LaplaceFit:
 
 
 def laplace_scale(w: np.ndarray) -> float:
-    """The zero-mean Laplace MLE of the scale, mean|w| (in w's precision), what OPQ solves with.
+    """The zero-mean Laplace MLE of the scale, mean|w| (in w's precision), what OPQ solves with;
+    in float64 where w's precision overflows (float32 weights near its limit).
 
     >>> laplace_scale(np.array([1.0, -3.0]))
     2.0
+    >>> laplace_scale(np.full(4, 3e38, np.float32)) == float(np.float32(3e38))
+    True
     """
-    return float(np.abs(w).mean()) if w.size else 0.0
+    if not w.size:
+        return 0.0
+    with np.errstate(over="ignore"):
+        scale = float(np.abs(w).mean())
+    return scale if math.isfinite(scale) else float(np.abs(w).mean(dtype=np.float64))
 
 
 def laplace_fit(w: np.ndarray) -> LaplaceFit:

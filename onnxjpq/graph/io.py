@@ -3,9 +3,10 @@
 `load_model` refuses what it cannot read with a `ModelError` (missing file, not
 ONNX, truncated, external data outside the model's folder or past the end of
 its file, declared dims that do not match the stored bytes), before reading
-any tensor data; `load_model_lazy` does the same checks and leaves the
-external data on disk. `save_model` writes atomically: a temporary file in the
-target folder (named for `outputs.remove_stale`), then `os.replace`, so a failed
+any tensor data, and gives it in `normalize.normalize_model`'s form (local
+functions inlined, sparse Constants dense, IR 3 as 4); `load_model_lazy` does
+the same and leaves the external data on disk. `save_model` writes
+atomically: a temporary file in the target folder (named for `outputs.remove_stale`), then `os.replace`, so a failed
 or interrupted run never leaves a half-written output; `check_output_path` and
 `model_inputs` feed `outputs.check_outputs`, which refuses outputs that alias an
 input; `check_model_valid` runs onnx.checker's full check. `ExternalWriter` writes a large model tensor by tensor (see
@@ -28,6 +29,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
 from ..errors import ModelError, first_line
+from .normalize import normalize_model
 from .outputs import check_outputs, temp_prefix, umask, write_atomic
 from .outputs import atomic_file, write_text_atomic  # noqa: F401  (re-exported: checkpoints and reports)
 
@@ -61,7 +63,7 @@ def load_model_lazy(path: str | os.PathLike) -> onnx.ModelProto:
         _check_tensor(tensor, base)
     for sparse in _sparse_tensors(model.graph):
         _check_sparse(sparse, base)
-    return model
+    return normalize_model(model, str(path))
 
 
 def _check_tensor(tensor: onnx.TensorProto, base: Path) -> None:

@@ -8,9 +8,10 @@ constant shape), Unsqueeze/Squeeze (constant axes) and Cast nodes
 Such a weight is compressed where it is stored: its output-channel axis is
 mapped back through the chain (Transpose perm; Reshape/Unsqueeze/Squeeze when the channel
 dimension survives it), a float16/float64 source is compressed when a Cast
-makes it float32 before the slot. Every candidate that is not compressed is
-returned with the reason, so the report can say why: weights holding NaN or
-Inf are left as they are.
+makes it float32 before the slot (so is a bfloat16 or float8 one: ml_dtypes reads
+them). Every candidate that is not compressed is returned with the reason, so
+the report can say why: weights holding NaN or Inf, empty ones and ones with
+values too near float32's limit for integer codes are left as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .ops import OpSpec, weight_slot
+from .values import ML_FLOATS, is_float, stored_dtype, value_refusal
 
 
 KEEP_SHARE = 0.10
@@ -151,7 +153,7 @@ def _candidates(graph: gs.Graph) -> tuple[dict[str, list], list[Skipped]]:
                             f"reaches {_named(node)} as an input of a {loop.op} body "
                             "(weights passed into subgraphs as inputs are left in float)"))
                 if (source is None and spec and not spec.embedding and id(tensor) not in feeders
-                        and (tensor.dtype is None or np.issubdtype(np.dtype(tensor.dtype), np.floating))):
+                        and (tensor.dtype is None or is_float(tensor.dtype))):
                     through = _constant_ops(tensor)
                     if through:  # e.g. PyTorch's LSTM export reorders gates with Slice/Concat
                         passed_in.setdefault(tensor.name, Skipped(
@@ -241,7 +243,7 @@ def _refusal(graph: gs.Graph, source: _Source, slots: list) -> str | None:
 
 
 def _plain_refusal(constant: gs.Constant, slots: list) -> str | None:
-    dtype = np.dtype(constant.dtype) if constant.dtype is not None else None
+    dtype = stored_dtype(constant.dtype)
     if dtype != np.float32:
         return f"dtype {dtype} (only float32 weights are compressed)"
     return _rank_refusal(len(constant.shape), slots)
@@ -254,12 +256,12 @@ def _rank_refusal(rank: int, slots: list) -> str | None:
     return None
 
 
-_SOURCE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_SOURCE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), *ML_FLOATS)
 
 
 def _chain_refusal(source: _Source, slots: list) -> str | None:
     through = "/".join(dict.fromkeys(node.op for node in source.chain))
-    dtype = np.dtype(source.constant.dtype) if source.constant.dtype is not None else None
+    dtype = stored_dtype(source.constant.dtype)
     if dtype not in _SOURCE_DTYPES:
         return f"dtype {dtype} behind {through} (only float weights are compressed)"
     shape = tuple(source.constant.shape)
@@ -341,7 +343,7 @@ def _reshaped(node: gs.Node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
 def _source_axis(source: _Source, axis: int | None) -> int | None:
     """The stored tensor's axis that is the slot's axis `axis` (None: not traceable)."""
     shapes = [tuple(source.constant.shape)]
-    dtype = np.dtype(source.constant.dtype)
+    dtype = stored_dtype(source.constant.dtype)
     for node in source.chain:
         dtype, shape = _step(node, dtype, shapes[-1])
         shapes.append(shape)
@@ -398,9 +400,7 @@ def find_layers(graph: gs.Graph, selection: Selection = Selection()
         selected_out = reason is None and _selected_out(selection, names, shape)
         reason = _selection_refusal(selection, names, shape) if selected_out else reason
         values = np.asarray(source.constant.values, dtype=np.float32) if reason is None else None
-        if values is not None and not np.isfinite(values).all():
-            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-            reason = f"{bad} of {values.size} values are NaN or Inf (left as they are)"
+        reason = value_refusal(values) if reason is None else reason
         if reason is not None:
             skipped.append(Skipped(name, op, shape, reason, selected_out))
             continue
@@ -427,7 +427,7 @@ def _selected_out(selection: Selection, names: list[str], shape: tuple[int, ...]
 
 def _slot_rank(source: _Source, slots: list) -> int:
     shape = tuple(source.constant.shape)
-    dtype = np.dtype(source.constant.dtype) if source.constant.dtype is not None else None
+    dtype = stored_dtype(source.constant.dtype)
     for node in source.chain:
         dtype, shape = _step(node, dtype, shape)
     return len(shape)

@@ -1,12 +1,19 @@
 """Opset requirements of the rewrites, upgrading a model to meet them, and refusing
-models onnx or onnxruntime cannot handle (too new, too old, unknown operator domains)."""
+models onnx or onnxruntime cannot handle (too new, too old, unknown operator domains,
+an opset whose DequantizeLinear this onnxruntime lacks)."""
 
 from __future__ import annotations
 
-import onnx
-from onnx import version_converter
+import re
+from functools import lru_cache
 
-from ..errors import ModelError
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+from onnx import helper, numpy_helper, version_converter
+
+from ..errors import ModelError, first_line
 from .io import proto_graphs
 
 ORT_MIN_OPSET = 7  # onnxruntime runs ai.onnx opset 7 and newer
@@ -66,6 +73,81 @@ def check_supported(model: onnx.ModelProto, name: str = "the model", old_opset_o
             if tensor.data_type not in _DATA_TYPES:
                 raise ModelError(f"{name}: initializer {tensor.name!r} has data type {tensor.data_type}, "
                                  "which ONNX does not define")
+
+
+def fit_dequantize_opset(graph: gs.Graph, container: str, per_axis: bool) -> None:
+    """Make `graph`'s ai.onnx opset one at which this onnxruntime runs DequantizeLinear on
+    `container` ("int4", "int8" or "int16") codes, per axis or per tensor.
+
+    A model may declare an opset onnx knows and onnxruntime does not implement yet. The
+    opset is then lowered to the newest at which every kind of codes the rewrite writes
+    runs, if every other node resolves to the same operator version there (so means the
+    same); otherwise a one-line ModelError."""
+    opset = graph.opset
+    reason = dequantize_failure(opset, container, per_axis)
+    if reason is None:
+        return
+    target = next((o for o in range(opset - 1, QDQ_MIN_OPSET - 1, -1)
+                   if all(dequantize_failure(o, *kind) is None for kind in {(container, per_axis), *_written(o)})),
+                  None)
+    head = (f"ai.onnx opset {opset}: this onnxruntime ({ort.__version__}) cannot run "
+            f"DequantizeLinear({opset}) on {container} codes ({reason})")
+    if target is None:
+        raise ModelError(f"{head}, nor at an older opset; compress with --format float")
+    changed = _changed_ops(graph, target, opset)
+    if changed:
+        raise ModelError(f"{head}; it runs opset {target}, which would give {', '.join(changed)} an older "
+                         "operator version; compress with --format float")
+    graph.opset = target
+    for entry in graph.import_domains or []:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = target
+
+
+def _written(opset: int) -> list[tuple[str, bool]]:
+    """The (container, per axis) kinds of codes the rewrite may write at `opset`."""
+    containers = ("int4", "int8", "int16") if opset >= INT4_MIN_OPSET else ("int8",)
+    return [(c, a) for c in containers for a in ((False, True) if opset >= 13 else (False,))]
+
+
+def _changed_ops(graph: gs.Graph, lower: int, upper: int) -> list[str]:
+    """The ai.onnx operators (but DequantizeLinear) of `graph` whose version at opset `upper`
+    is newer than `lower`."""
+    ops = {n.op for g in [graph, *graph.subgraphs(recursive=True)] for n in g.nodes
+           if n.domain in (None, "", "ai.onnx") and n.op != "DequantizeLinear"}
+    changed = []
+    for op in sorted(ops):
+        try:
+            since = onnx.defs.get_schema(op, upper, "").since_version
+        except onnx.defs.SchemaError:
+            since = upper
+        if since > lower:
+            changed.append(op)
+    return changed
+
+
+@lru_cache(maxsize=None)
+def dequantize_failure(opset: int, container: str, per_axis: bool) -> str | None:
+    """Why onnxruntime cannot load a one-node DequantizeLinear model at `opset`, or None."""
+    dtype = {"int4": onnx.TensorProto.INT4, "int8": onnx.TensorProto.INT8, "int16": onnx.TensorProto.INT16}[container]
+    shape = [2] if per_axis else []
+    inits = [helper.make_tensor("q", dtype, [2, 2], [1, -1, 2, 0]),
+             numpy_helper.from_array(np.ones(shape, np.float32), "s"),
+             helper.make_tensor("z", dtype, shape, [0] * (2 if per_axis else 1))]
+    node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **({"axis": 0} if per_axis else {}))
+    graph = helper.make_graph([node], "probe", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])],
+                              inits)
+    imports = [helper.make_opsetid("", opset)]
+    ir = max(helper.find_min_ir_version_for(imports, ignore_unknown=True), INT4_MIN_IR if container == "int4" else 0)
+    model = helper.make_model(graph, opset_imports=imports, ir_version=ir)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; any failure means "cannot"
+        text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", first_line(exc))
+        return text if len(text) <= 160 else text[:157] + "..."
+    return None
 
 
 _DATA_TYPES = frozenset(v for v in onnx.TensorProto.DataType.values() if v != onnx.TensorProto.UNDEFINED)

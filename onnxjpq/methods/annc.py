@@ -213,7 +213,10 @@ def _greedy_fill(options: list[LayerOptions], weights: np.ndarray, budget: float
 
 
 def uniform_choice(options: list[LayerOptions], weights: np.ndarray, budget: float) -> int | None:
-    """The single option index (same sparsity and bits everywhere) with least error in budget."""
+    """The single option index (same sparsity and bits everywhere) with least error in budget
+    (None also where the layers' option lists differ: there is no common setting to index)."""
+    if len({len(o.cost) for o in options}) != 1:
+        return None
     feasible = [j for j in range(len(options[0].cost)) if sum(o.cost[j] for o in options) <= budget]
     if not feasible:
         return None

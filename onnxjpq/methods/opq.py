@@ -175,7 +175,8 @@ def kept_channels(w: np.ndarray, mask: np.ndarray, axis: int | None, groups: int
     for a, m in _channel_blocks(w, mask, axis, groups):
         alpha.append(np.where(m, a, 0).max(axis=1).astype(float))
         count.append(m.sum(axis=1).astype(np.int64))
-        below += int((a <= threshold).sum())
+        with np.errstate(over="ignore"):  # a threshold past float32's range compares as Inf
+            below += int((a <= threshold).sum())
     return KeptChannels(np.concatenate(alpha), np.concatenate(count), below,
                         lambda t: count_at_least(w, mask, axis, groups, t), mask)
 

@@ -25,6 +25,7 @@ from ..core.plan import CompressionPlan
 from ..core.quant import CONTAINER_MAX
 from .report import layer_row, report_dict, totals
 from ..rewrite import FORMATS, layer_codes
+from ..rewrite.bias import write_bias
 from ..rewrite.dense import apply_float
 from ..rewrite.packed import PACKED_MIN_OPSET, apply_packed
 from ..rewrite.qdq import apply_qdq, pack_int4
@@ -227,6 +228,8 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
             container = stored.container
             int4_names += stored.int4_names
             code_names.append(stored.quantized.name)
+        if p.bias is not None:  # a data-aware solve corrected the layer's bias
+            write_bias(graph, layer, p.bias)
         rows.append(layer_row(layer, p, layer_codes(layer, p), container, laplace_fit(layer.values),
                               layer_macs(layer, shapes)))
     total, metadata = summarize(rows, skipped, plan, selection, output, settings)

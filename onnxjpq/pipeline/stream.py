@@ -49,6 +49,7 @@ from .compress import export_graph, float_params, solve_budget, solve_notes, sum
 from ..errors import ModelError, OptionError
 from ..graph.io import ExternalWriter, external_span
 from ..graph.layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
+from ..graph.values import value_refusal
 from ..graph.ops import weight_ops_text
 from ..graph.macs import layer_macs, tensor_shapes
 from ..methods.annc import AnncConfig
@@ -189,9 +190,9 @@ def scan(sources: list[_Source], granularity: str) -> dict[str, str]:
     bad = {}
     for s in sources:
         w = s.raw()
-        finite = int(np.count_nonzero(np.isfinite(w)))
-        if finite < w.size:
-            bad[s.name] = f"{w.size - finite} of {w.size} values are NaN or Inf (left as they are)"
+        reason = value_refusal(w)  # NaN or Inf, or too near float32's limit
+        if reason is not None:
+            bad[s.name] = reason
         else:
             s.ranges = channel_ranges(w, s.axis, s.groups, granularity)
             w = s.values()
@@ -241,7 +242,7 @@ def _spill(writer: ExternalWriter, constant: gs.Constant, int4: bool = False) ->
     """Move `constant`'s values to the data file; the graph keeps a reference."""
     values = np.ascontiguousarray(constant.values)
     data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
-    data = values
+    data = values.view(np.uint8) if values.dtype.kind == "V" else values  # ml_dtypes' floats have no buffer
     if int4:  # stored packed; typed int8 until `_retype_int4` runs on the export
         data = onnx.numpy_helper.from_array(values.astype(ml_dtypes.int4)).raw_data
     constant.values = LazyValues(writer.tensor(constant.name, values.shape, data_type, data))

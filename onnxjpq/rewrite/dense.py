@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.layers import WeightLayer
+from ..graph.values import stored_dtype
 from ..core.plan import LayerPlan
 from ..core.quant import dequantize
 from . import layer_codes
@@ -16,7 +17,7 @@ from . import layer_codes
 
 def apply_float(layer: WeightLayer, plan: LayerPlan) -> str:
     """Overwrite `layer`'s constant with its compressed float values."""
-    dtype = np.dtype(layer.constant.dtype)
+    dtype = stored_dtype(layer.constant.dtype)  # bfloat16 and float8 stay themselves (ml_dtypes)
     values = dequantize(layer_codes(layer, plan), plan.steps_for(layer.values.shape))
     layer.constant.values = values.astype(dtype)
     return dtype.name

@@ -2,7 +2,10 @@
 
 W (float) becomes DequantizeLinear(W_quantized, W_scale, W_zero_point) with
 per-tensor scale = the layer's step and zero point 0; the node's output keeps
-the name W, so every consumer is untouched. int4 storage needs opset 21.
+the name W, so every consumer is untouched. int4 storage needs opset 21. A
+model declaring an opset whose DequantizeLinear onnxruntime lacks gets the
+newest one it runs, where that changes no other node
+(`opset.fit_dequantize_opset`).
 
 A weight stored before a Transpose/Reshape/Cast chain is replaced where it is
 stored: the DequantizeLinear feeds the chain's first node. Its output is
@@ -27,6 +30,7 @@ from onnx import numpy_helper
 from ..graph.layers import WeightLayer, all_graphs
 from ..core.plan import LayerPlan
 from ..graph.io import proto_graphs
+from ..graph.opset import fit_dequantize_opset
 from ..core.quant import container_for
 from . import layer_codes
 
@@ -51,6 +55,7 @@ def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: 
     """Replace `layer`'s weight by codes + DequantizeLinear."""
     codes = layer_codes(layer, plan)
     container = container_for(int(np.abs(codes).max(initial=0)), allow_int4)
+    fit_dequantize_opset(graph, container, plan.channel_steps is not None)
     dtype = _NUMPY_TYPES[container]
     taken = {name for g in all_graphs(graph) for name in g.tensors()}
     quantized = gs.Constant(_fresh(f"{layer.name}_quantized", taken), codes.astype(dtype))

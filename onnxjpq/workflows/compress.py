@@ -21,12 +21,13 @@ from ..pipeline.stream import compress_streaming
 from ..runtime.data import load_dataset
 from ..runtime.sessions import open_session
 from .activations import ActivationConfig, compress_with_activations
-from .calibrated import compress_calibrated
+from .data_aware import DataAwareConfig, compress_data_aware
 from .search import SearchConfig, search_rate
 
 
-def _run(model, config, selection, output, activations, progress, calib, log=None):
-    """Dispatch on the config: a plain solve, a calibrated budget, or an accuracy search."""
+def _run(model, config, selection, output, activations, progress, calib, log=None, data_aware=None):
+    """Dispatch on the config: a plain solve, an accuracy search, activation quantization; with
+    calibration data every weight mode is solved data-aware (workflows.data_aware)."""
 
     def dataset(path):  # one clear error for a model onnxruntime rejects, before any data is read
         return load_dataset(path, open_session(model))
@@ -40,15 +41,16 @@ def _run(model, config, selection, output, activations, progress, calib, log=Non
                                                 dataset(calib), progress)
         check_output(out, output.check_runtime)
         return out, report
+    options = data_aware or DataAwareConfig()
     if isinstance(config, SearchConfig):
+        solve = None
         if calib is not None:
-            raise OptionError("--max-drop measures on --data; --calib is not used with it")
+            data = dataset(calib)
+            solve = lambda m, c, s, o: compress_data_aware(m, c, s, o, data, options, log)  # noqa: E731
         return search_rate(model, config, dataset(config.data_path), selection, output,
-                           progress=(lambda e: log(_evaluation_line(e))) if log else None)
+                           progress=(lambda e: log(_evaluation_line(e))) if log else None, compress=solve)
     if calib is not None:
-        if not isinstance(config, AnncConfig):
-            raise OptionError("calibration data is used by the budget mode: give a rate or a size")
-        return compress_calibrated(model, config, selection, output, dataset(calib), progress)
+        return compress_data_aware(model, config, selection, output, dataset(calib), options, log)
     return compress_model(model, config, selection, output, progress)
 
 
@@ -74,11 +76,13 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
                   selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
                   report_path: str | os.PathLike | None = None, progress=None,
                   calib: str | os.PathLike | None = None,
-                  activations: ActivationConfig | None = None, log=None) -> dict:
+                  activations: ActivationConfig | None = None, log=None,
+                  data_aware: DataAwareConfig | None = None) -> dict:
     """Compress the ONNX file `src` into `dst` (written atomically); return the report.
 
-    `calib` (an .npz of model inputs) makes the budget mode measure per-layer
-    sensitivity on it (see `workflows.calibrated`); with `activations` the
+    `calib` (an .npz of model inputs) makes every weight mode data-aware: each layer
+    is solved on the inputs it sees on it, as `data_aware` says (see
+    `workflows.data_aware`); with `activations` the
     activations are quantized too, calibrated on it. A model storing its weights
     as external data is compressed by streaming where the settings allow (see
     `streamable` and `pipeline.stream`), with the same result and peak memory of
@@ -99,7 +103,7 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
         report, bytes_out = compress_streaming(model, src, dst, config, selection, output, progress)
     else:
         load_external(model, src)
-        out, report = _run(model, config, selection, output, activations, progress, calib, log)
+        out, report = _run(model, config, selection, output, activations, progress, calib, log, data_aware)
         bytes_out = save_model(out, dst)
     try:  # no model without its report: a failed or interrupted run leaves nothing behind
         bytes_in = file_bytes(src)

@@ -203,7 +203,7 @@ def compare(ref_sess, cand_sess, batches, progress=None) -> Comparison:
                                  f"{list(cand[i].shape)} in the candidate")
             sums[i] = sums[i].add(ref[i], cand[i])
             shapes[name] = list(ref[i].shape[1:])
-        if ref[0].ndim >= 2:  # a class axis to take the argmax over
+        if ref[0].ndim >= 2 and ref[0].shape[-1]:  # a (non-empty) class axis to take the argmax over
             tally = tally.add(ref[0], cand[0], labels)
         samples += len(next(iter(feed.values())))
     outputs = [{"name": name, "shape": ["N", *shapes[name]], **s.metrics()} for name, s in zip(names, sums)]

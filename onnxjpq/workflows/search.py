@@ -63,8 +63,9 @@ def _score(metric: str, output: np.ndarray, reference: np.ndarray, labels: np.nd
 
 def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
                 selection: Selection = Selection(), output: OutputConfig = OutputConfig(),
-                progress=None) -> tuple[onnx.ModelProto, dict]:
-    """Compress at the highest rate whose measured drop is within `search.max_drop`."""
+                progress=None, compress=None) -> tuple[onnx.ModelProto, dict]:
+    """Compress at the highest rate whose measured drop is within `search.max_drop`; `compress`
+    (model, config, selection, output) -> (model, report) replaces the data-free solve."""
     ref_logits = predict(session(model), data)
     metric = choose_metric(model.graph.output[0].name, list(ref_logits.shape[1:]), data.labels is not None, model,
                            search.metric)
@@ -75,7 +76,7 @@ def search_rate(model: onnx.ModelProto, search: SearchConfig, data: Dataset,
         nonlocal best
         config = replace(search.budget, rate=rate, size_kb=None)
         try:
-            out, report = compress_model(model, config, selection, output)
+            out, report = (compress or compress_model)(model, config, selection, output)
         except OptionError:  # the budget is out of reach: as good as a failure
             evaluations.append({"rate": rate, "feasible": False, "ok": False})
             return False

@@ -36,7 +36,7 @@ GOLDEN = {
     'lenet300 --prune 0.8 --bits 4': 'ab73a730b0249547e3a2ee8e3f4222d88debc1a9656326d5cdeacca70c2a1dde',
     'lenet300 --prune 0.9 --bits 3 --format sparse': '44797506d11e7ce450e31bc66bb48220ac083501c370f815a206494bcbf15188',
     'lenet300 --rate 16': '5d5bb07069818c65fe43b4f4855d3898c9a7de868c18fdaab322a35994b73bbd',
-    'lenet300 --rate 16 --calib': '5d5bb07069818c65fe43b4f4855d3898c9a7de868c18fdaab322a35994b73bbd',
+    'lenet300 --rate 16 --calib': '840a243e7bd1c9fae221fd9a1b9e068239e49b57b95f256f38adbd12aafc9ef8',  # data-aware (issue 11)
     'lenet300 external --prune 0.5 --bits 4 (streaming)': '45ad870aff657c6a2bef55fa72ffbbea2507b4e236173ddb603ccf262f6b3aa1',
     'lenet300 external --prune 0.8 --bits 4 --format float (streaming)': '6c21d21a585491b5d2cc6375ccb2a51f5d9b73ab8c4606a6479cab6b717dd12c',
     'lenet5 --prune 0.5 --bits 4': '898ea4eb5b04589ccdedf6e8a66317c7f98960012a764ddc802458b5794fbefd',
@@ -44,7 +44,7 @@ GOLDEN = {
     'lenet5 --prune 0.8 --bits 4': 'af20c879b553505c1d6a0b5cc8115c44d1c4190c68bb0d83b90678353f05fc8b',
     'lenet5 --prune 0.9 --bits 3': '6d93102045a698ad8bab08916d74b4ea7dbc87def2c5c43fce3e56fda9be8781',
     'lenet5 --rate 16': '881b8cefad15e208cc3154b0641614c2a0460cd41f4e5331bd00f8bb1cdd0d15',
-    'lenet5 --rate 16 --calib': '881b8cefad15e208cc3154b0641614c2a0460cd41f4e5331bd00f8bb1cdd0d15',
+    'lenet5 --rate 16 --calib': 'd8e67d1884d27e6bf60f36b65131af3aace9ae30043b161d932dcd5299a6f1d9',  # data-aware (issue 11)
     'lenet5 --rate 24': '149b9e4c5fa5a28211bcfc07a1c5b73f8a1812e56b44f34c66126b88422a8de2',
 }
 

@@ -1,0 +1,387 @@
+"""Data-aware post-training compression: each layer solved on its captured inputs (METHODS.md §7).
+
+With calibration data every mode takes this path:
+
+1. The model becomes a capture template (runtime.probe): weights and biases are
+   graph inputs, so any mix of compressed and fp32 weights is one feed away;
+   layers get a bias where bias correction needs one (rewrite.bias).
+2. One fp32 pass captures each layer's column means (the bias-correction
+   target), and in the budget modes its Hessian, from which each layer's
+   (bits, sparsity, grid) options are scored (workflows.data_budget).
+3. Sequential capture (the default): layers are solved stage by stage in
+   topological order. A stage is the longest run of consecutive layers none of
+   whose inputs depends on another layer of the stage (q, k and v of an
+   attention block share a stage; a plain CNN gets one layer per stage); its
+   inputs are captured from the model whose earlier stages are already
+   compressed (their dequantized weights and corrected biases fed), running only
+   the part of the network the stage needs. Independent capture: one fp32 pass
+   for everything.
+4. Each layer is solved (methods.layerwise: GPTQ/SparseGPT, or rounding for
+   layers with few inputs per output; RTN for comparison), its bias corrected to
+   the fp32 output mean (b̂ = b + Wμ − Ŵμ̂), and the plan (codes, steps, bias) is
+   written by pipeline.compress.apply_plan.
+5. A last pass measures each layer's output error in the compressed model, and
+   the model's, against fp32 on the calibration data.
+
+Layers whose inputs cannot be captured are solved data-free (RTN on the grid of
+least weight error), with the reason in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..core.plan import CompressionPlan, LayerPlan
+from ..core.quant import dequantize, to_channels
+from ..errors import OptionError
+from ..graph.layers import Selection, WeightLayer, find_layers, kept_names
+from ..methods.annc import AnncConfig
+from ..methods.bias_correction import bias_shift
+from ..methods.gptq import QuantizedLayer
+from ..methods.layerwise import (SOLVERS, LayerOption, choose_target_damp, fp32_error, fp32_target,
+                                 grouped, relative, solve_layer)
+from ..methods.opq import OpqConfig
+from ..pipeline.compress import OutputConfig, apply_plan, find_model_layers, plan_model
+from ..rewrite.bias import BiasSite, bias_site, bias_tensor_name, current_bias, ensure_bias
+from ..runtime.capture import LayerView, capture_pairs, capture_stats, layer_view, merge_pairs
+from ..runtime.data import Dataset
+from ..runtime.probe import make_template, stages
+from . import data_budget as budget
+from .data_report import measure, report_section
+
+
+CHECK_EVERY = 4  # every 4th calibration sample also checks the fp32 target's fit (its ridge λ)
+
+
+@dataclass(frozen=True)
+class DataAwareConfig:
+    """How calibration data is used.
+
+    solver: "gptq" (error compensation; rounding for small layers) or "rtn" (round to nearest
+    on the grid of least output error: the baseline). sequential: capture each stage from the
+    partly compressed model (else one fp32 pass). samples: calibration samples used.
+    bias_correction: correct each layer's mean output error. sensitivity: weigh each layer's
+    error in the budget allocation by its measured effect on the model's outputs. fp32_target:
+    with sequential capture, solve each layer for its fp32 outputs from the inputs it now sees
+    (methods.layerwise.fp32_target; else for its weights on those inputs). anchor_rounds: budget
+    modes, rounds of exact solves of sample rows at the options the allocation picks before it
+    allocates again (0: the compensation-weighted estimates alone). batch_mb: captured tensors per
+    batch; hessian_mb: Hessians held at once by the fp32 pass of the budget modes.
+    """
+
+    solver: str = "gptq"
+    sequential: bool = True
+    samples: int = 128
+    bias_correction: bool = True
+    sensitivity: bool = True
+    fp32_target: bool = True
+    anchor_rounds: int = 0
+    batch_mb: int = 256
+    hessian_mb: int = 1024
+    small_cols: int = 16
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise OptionError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.samples < 1 or self.batch_mb < 1 or self.hessian_mb < 1:
+            raise OptionError("calibration samples and memory limits must be positive")
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One layer through the run."""
+
+    layer: WeightLayer
+    view: LayerView
+    captured: bool  # False: solved data-free (`reason` says why)
+    reason: str | None
+    site: BiasSite | None = None
+    bias_reason: str | None = None
+    fixed: bool = False
+    option: LayerOption | None = None
+    table: budget.OptionTable | None = None
+    choice: int | None = None
+    solved: QuantizedLayer | None = None
+    plan: LayerPlan | None = None
+    cost: float = 0.0
+    mean_target: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+@dataclass
+class _Run:
+    model: onnx.ModelProto
+    config: OpqConfig | AnncConfig
+    options: DataAwareConfig
+    calib: Dataset
+    entries: list[_Entry]
+    template: object
+    feed: dict[str, np.ndarray]
+    say: object
+    weights: dict[str, float] = field(default_factory=dict)  # the allocation's layer weights
+
+
+def compress_data_aware(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection: Selection,
+                        output: OutputConfig, calib: Dataset, options: DataAwareConfig = DataAwareConfig(),
+                        log=None) -> tuple[onnx.ModelProto, dict]:
+    """Compress `model` as `config` asks, every layer solved on its inputs over `calib`.
+
+    `log(line)` receives a progress line per layer (None: silent)."""
+    _, skipped = find_model_layers(model, selection)  # the one-line error when nothing is compressible
+    run = _prepare(model, config, selection, calib, options, log or (lambda line: None))
+    captured = [e for e in run.entries if e.captured]
+    total, macs = None, {}
+    if isinstance(config, AnncConfig):
+        macs = budget.bops_macs(model, run.entries) if config.objective == "bops" else {}
+        total = budget.budget_total(config, run.entries, skipped, macs)
+        fp32 = _fp32_pass(run, captured, True, lambda chunk, stats: budget.score_tables(
+            run, chunk, stats, macs, _grids))
+        budget.score_tables(run, [e for e in run.entries if not e.captured], {}, macs, _grids)
+        run.weights = budget.layer_weights(run)
+    else:
+        paired = options.sequential and options.fp32_target  # the stages capture the fp32 means too
+        fp32 = {} if paired else _fp32_pass(run, captured, not options.sequential, None)
+        _fixed_options(run, selection, output)
+    order = (stages(run.template.model, [(e.name, e.view.tensors) for e in captured]) if options.sequential
+             else [[e.name for e in captured]])
+    _solve_all(run, order, None if options.sequential else fp32, total, macs)
+    plan = CompressionPlan(tuple(e.plan for e in run.entries), f"data-aware-{options.solver}",
+                           {} if total is None else {"budget": total})
+    settings = {"method": plan.method, "config": asdict(config), "notes": [],
+                "data_aware": asdict(options) | {"stages": len(order)}}
+    out, report = apply_plan(model, plan, selection, output, settings)
+    report["data_aware"] = report_section(run, order, measure(run))
+    return out, report
+
+
+def _prepare(model, config, selection, calib, options, say) -> _Run:
+    """The template graph (biases ensured), each layer's view, and the capture template."""
+    graph = gs.import_onnx(model)
+    layers, _ = find_layers(graph, selection)
+    fixed = kept_names(layers, selection, budget=isinstance(config, AnncConfig))
+    entries = []
+    for layer in layers:
+        view = layer_view(layer, graph)
+        entry = (_Entry(layer, view, True, None) if isinstance(view, LayerView)
+                 else _Entry(layer, _plain_view(layer), False, view))
+        entry.fixed = layer.name in fixed
+        entries.append(entry)
+    for entry in entries:
+        if options.bias_correction and entry.captured:
+            site = bias_site(graph, entry.layer)
+            if isinstance(site, str):
+                entry.bias_reason = site
+            else:
+                entry.site = ensure_bias(graph, site)
+    names = {e.name for e in entries} | {bias_tensor_name(e.site) for e in entries if e.site}
+    template = make_template(gs.export_onnx(graph), names)
+    return _Run(model, config, options, calib, entries, template, {}, say)
+
+
+def _plain_view(layer: WeightLayer) -> LayerView:
+    """A data-free layer as [channels, weights per channel] (its output-channel layout)."""
+    index = to_channels(np.arange(layer.values.size).reshape(layer.values.shape), layer.axis, layer.groups)
+    channels = np.arange(index.shape[0]) if layer.axis is not None and layer.groups == 1 else None
+    return LayerView(layer.name, (), index, 1, channels)
+
+
+def _fp32_pass(run: _Run, entries: list[_Entry], full: bool, on_chunk) -> dict:
+    """fp32 statistics of the captured layers (only the means unless `full`), in passes that
+    hold at most `hessian_mb` of Hessians; `on_chunk(entries, stats)` sees each pass's."""
+    stats, chunk, held = {}, [], 0
+    limit = run.options.hessian_mb << 20
+    for entry in entries + [None]:
+        size = 0 if entry is None else 8 * entry.view.groups * entry.view.cols ** 2 * full
+        if chunk and (entry is None or held + size > limit):
+            part = capture_stats(run.template, [e.view for e in chunk], run.calib, run.options.samples, {},
+                                 run.options.batch_mb << 20, means_only=not full)
+            for e in chunk:
+                e.mean_target = part[e.name].mean
+            if on_chunk is not None:
+                on_chunk(chunk, part)
+            stats |= part
+            run.say(f"data-aware: captured the fp32 inputs of {len(stats)}/{len(entries)} layers")
+            chunk, held = [], 0
+        if entry is not None:
+            chunk.append(entry)
+            held += size
+    return stats
+
+
+def _grids(entry: _Entry, granularity: str) -> tuple[bool, ...]:
+    """The step grids a layer may use: per channel (where its rows are its channels) or one."""
+    if entry.view.channel_of_row is None:
+        return (False,)
+    if granularity == "layer":  # GPTQ solves groups apart: each gets its own steps
+        return (False,) if entry.view.groups == 1 else (True,)
+    return (True,) if granularity == "channel" else (True, False)
+
+
+def _fixed_options(run: _Run, selection: Selection, output: OutputConfig) -> None:
+    """--prune/--bits: each layer's sparsity from the data-free OPQ plan, one code width for all
+    (the largest code of `bits`-bit storage, floor((2^bits - 1)/2)) but 8 bits for the kept layers."""
+    config = run.config
+    ratios = {}
+    if config.prune > 0:
+        values = {e.name: e.layer.values for e in run.entries}
+        plan = plan_model(run.model, config, selection, output)
+        ratios = {p.name: 1.0 - float(p.mask_for(values[p.name]).mean()) for p in plan.layers}
+    m = max(1, int((2 ** config.bits - 1) // 2))
+    for entry in run.entries:
+        sparsity, code = (0.0, 127) if entry.fixed else (ratios.get(entry.name, 0.0), m)
+        grids = _grids(entry, config.granularity)
+        per_channel = grids[0] if len(grids) == 1 else _channel_steps_pay(entry, sparsity, code)
+        entry.option = LayerOption(code, sparsity, per_channel)
+
+
+def _channel_steps_pay(entry: _Entry, sparsity: float, max_code: int) -> bool:
+    """auto grid with fixed bits: per-channel steps where they add at most 5 % to the layer's bits."""
+    channels = entry.view.rows
+    kept = entry.layer.values.size * (1 - sparsity)
+    return 32 * (channels - 1) <= 0.05 * kept * LayerOption(max_code).bits
+
+
+def _solve_all(run: _Run, order: list[list[str]], fp32: dict | None, total: float | None, macs: dict) -> None:
+    """Data-free layers first, then the stages in order (the budget re-allocated before each)."""
+    by_name = {e.name: e for e in run.entries}
+    free = [e for e in run.entries if not e.captured]
+    if total is not None:
+        tables = {e.name: e.table for e in run.entries}
+        choice = budget.allocate_anchored(tables, run.weights, total, run.options.anchor_rounds)
+        run.say(f"data-aware: allocated the budget ({sum(len(t.estimates.solved) for t in tables.values())} "
+                "exact solves of sample rows)")
+        for entry in run.entries:
+            entry.choice = choice[entry.name]
+            entry.table.estimates.release()
+    for entry in free:
+        _solve(run, entry, _Inputs.data_free(entry), macs)
+        _commit(run, entry)
+    for names in order:
+        stage = [by_name[n] for n in names]
+        inputs = _stage_inputs(run, stage, fp32)
+        if total is not None:
+            budget.allocate_rest(run, total, stage)
+        for entry in stage:
+            _solve(run, entry, inputs[entry.name], macs)
+        if total is not None:
+            budget.fit_stage(run, total, stage, inputs, lambda e, i: _solve(run, e, i, macs))
+        for entry in stage:
+            _commit(run, entry)
+        del inputs
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a layer's solve needs of its inputs: the Hessians of what it sees, the matrix it aims
+    at, the input means (seen, and fp32 for the bias target) and, paired, Σxxᵀ and Σxx̂ᵀ."""
+
+    data: object
+    target: np.ndarray
+    mean_in: np.ndarray | None = None
+    mean_target: np.ndarray | None = None
+    fp32: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    target_damp: float | None = None
+
+    @staticmethod
+    def data_free(entry: _Entry) -> "_Inputs":
+        return _Inputs(None, entry.view.matrix(entry.layer.values).astype(np.float64))
+
+
+def _stage_inputs(run: _Run, stage: list[_Entry], fp32: dict | None) -> dict[str, _Inputs]:
+    """The stage's inputs: from the fp32 pass (independent capture), from the partly compressed
+    model (sequential), paired with the fp32 model's for the fp32 target."""
+    views = [e.view for e in stage]
+    args = (run.template, views, run.calib, run.options.samples, run.feed, run.options.batch_mb << 20)
+    out = {}
+    if fp32 is None and run.options.fp32_target:
+        fit, check = capture_pairs(*args, check_every=CHECK_EVERY)
+        for e in stage:
+            out[e.name] = _paired_inputs(e, fit[e.name], check.get(e.name))
+        return out
+    stats = fp32 if fp32 is not None else capture_stats(*args)
+    for e in stage:
+        out[e.name] = _Inputs(grouped(stats[e.name].xxt, e.view.rows, stats[e.name].count), e.view.matrix(e.layer.values).astype(
+            np.float64), stats[e.name].mean, e.mean_target)
+    return out
+
+
+def _paired_inputs(entry: _Entry, fit, check) -> _Inputs:
+    """The fp32 target from all samples, its ridge λ chosen on the check samples (also GPTQ's
+    damping, within 0.01..0.1: data that cannot pin the target down cannot pin compensation)."""
+    w, rows = entry.view.matrix(entry.layer.values).astype(np.float64), entry.view.rows
+    damp = None
+    if check is not None:
+        damp = choose_target_damp(w, grouped(fit.hat.xxt, rows), fit.cross, grouped(check.hat.xxt, rows),
+                                  check.fp32.xxt, check.cross)
+    pair = merge_pairs(fit, check)
+    data = grouped(pair.hat.xxt, rows, pair.hat.count)
+    if damp is not None:
+        data = replace(data, damp=float(np.clip(damp, 0.01, 0.1)))
+    return _Inputs(data, fp32_target(w, data, pair.cross, damp), pair.hat.mean, pair.fp32.mean,
+                   pair.fp32.xxt, pair.cross, damp)
+
+
+def _solve(run: _Run, entry: _Entry, inputs: _Inputs, macs: dict) -> None:
+    """Solve one layer at its option; its plan, errors and measured cost (the bias in `_commit`)."""
+    option = entry.option if entry.table is None else entry.table.options[entry.choice]
+    view, layer = entry.view, entry.layer
+    if view.channel_of_row is None:
+        option = replace(option, per_channel=False)
+    entry.option = option
+    solved = solve_layer(inputs.target, inputs.data, option, run.options.solver, run.options.small_cols)
+    codes = view.stored(solved.codes, layer.values).astype(np.int32)
+    per_channel = option.per_channel or len(np.unique(solved.steps)) > 1
+    steps = None
+    if per_channel:
+        steps = np.zeros(layer.values.shape[layer.axis % layer.values.ndim], np.float32)
+        steps[view.channel_of_row] = solved.steps
+    step = float(np.median(steps)) if steps is not None else float(solved.steps[0])
+    entry.solved = solved
+    plan = LayerPlan(layer.name, codes != 0 if option.sparsity > 0 else np.ones(codes.shape, bool),
+                     step if step > 0 else 1.0, keep_survivors=option.sparsity > 0, fixed=entry.fixed,
+                     predicted_prune_ratio=option.sparsity, max_code=option.max_code,
+                     channel_steps=steps, channel_axis=layer.axis if per_channel else None, codes=codes)
+    values = dequantize(codes, plan.steps_for(layer.values.shape))
+    if entry.site is not None and inputs.mean_in is not None:
+        w, w_hat = view.matrix(layer.values), view.matrix(values)
+        base = current_bias(entry.site)
+        shift = entry.site.scale * bias_shift(w, w_hat, inputs.mean_in, inputs.mean_target)
+        plan = replace(plan, bias=((np.zeros(shift.shape) if base is None else base) + shift).astype(np.float32))
+    entry.plan = plan
+    target_error, target_rtn = relative(solved)
+    error = target_error
+    if inputs.cross is not None:
+        e, energy = fp32_error(view.matrix(layer.values), view.matrix(values), inputs.fp32, inputs.cross,
+                               inputs.data)
+        error = e / energy if energy > 0 else 0.0
+    entry.info = {"solve_error": error, "target_error": target_error, "target_rtn_error": target_rtn,
+                  "target_damp": inputs.target_damp}
+    objective = run.config.objective if isinstance(run.config, AnncConfig) else "size"
+    entry.cost = budget.measured_cost(codes, layer.axis, layer.groups, per_channel, objective, macs.get(layer.name))
+
+
+def _commit(run: _Run, entry: _Entry) -> None:
+    """Feed the layer's compressed values and bias to the later captures; log it."""
+    layer, plan = entry.layer, entry.plan
+    if plan.bias is not None:
+        name = bias_tensor_name(entry.site)
+        run.feed[name] = plan.bias.reshape(run.template.values[name].shape)
+    if layer.name in run.template.values:
+        values = dequantize(plan.codes, plan.steps_for(layer.values.shape))
+        run.feed[layer.name] = values.astype(run.template.values[layer.name].dtype)
+    done = sum(e.name in run.feed or not e.captured and e.plan is not None for e in run.entries)
+    run.say(f"data-aware: [{done}/{len(run.entries)}] {layer.name}: {entry.solved.method}, "
+            f"{entry.option.bits} bits, {entry.option.sparsity:.0%} pruned, "
+            f"{'channel' if plan.channel_steps is not None else 'layer'} steps, relative output error "
+            f"{entry.info['solve_error']:.3g} (rtn on the same target {entry.info['target_rtn_error']:.3g})")
+
+
