@@ -54,6 +54,7 @@ from . import data_budget as budget
 from .data_report import measure, report_section
 
 
+RETRIES = 3  # budget-mode solves started again after an overshoot (compress_data_aware)
 CHECK_EVERY = 4  # every 4th calibration sample also checks the fp32 target's fit (its ridge λ)
 
 
@@ -134,17 +135,39 @@ def compress_data_aware(model: onnx.ModelProto, config: OpqConfig | AnncConfig, 
                         log=None) -> tuple[onnx.ModelProto, dict]:
     """Compress `model` as `config` asks, every layer solved on its inputs over `calib`.
 
-    `log(line)` receives a progress line per layer (None: silent)."""
+    `log(line)` receives a progress line per layer (None: silent). Where the layers solved first
+    leave the last ones too little of the budget (their cost estimates were optimistic), the
+    solve starts again within a budget smaller by the overshoot (at most RETRIES times)."""
+    scale, known = 1.0, {}
+    for attempt in range(RETRIES + 1):
+        try:
+            return _compress(model, config, selection, output, calib, options, log, scale, known)
+        except budget.Overshoot as miss:
+            if attempt == RETRIES:
+                raise
+            known |= miss.zeros
+            if attempt:  # the measured zero shares were not enough: a smaller budget too
+                scale *= 0.99 * miss.total / miss.need
+            if log:
+                log(f"data-aware: {miss}; solving again with the zero shares the solves measured "
+                    f"within {scale:.1%} of it")
+
+
+def _compress(model, config, selection, output, calib, options, log, scale: float, known: dict):
+    """One solve; `known`: (layer, option) -> share of kept weights an earlier solve left at 0,
+    replacing the estimates'."""
     _, skipped = find_model_layers(model, selection)  # the one-line error when nothing is compressible
     run = _prepare(model, config, selection, calib, options, log or (lambda line: None))
     captured = [e for e in run.entries if e.captured]
     total, macs = None, {}
     if isinstance(config, AnncConfig):
         macs = budget.bops_macs(model, run.entries) if config.objective == "bops" else {}
-        total = budget.budget_total(config, run.entries, skipped, macs)
+        total = scale * budget.budget_total(config, run.entries, skipped, macs)
         fp32 = _fp32_pass(run, captured, True, lambda chunk, stats: budget.score_tables(
             run, chunk, stats, macs, _grids))
         budget.score_tables(run, [e for e in run.entries if not e.captured], {}, macs, _grids)
+        for (name, index), zeros in known.items():
+            next(e for e in run.entries if e.name == name).table.estimates.zeros[index] = zeros
         run.weights = budget.layer_weights(run)
     else:
         paired = options.sequential and options.fp32_target  # the stages capture the fp32 means too
@@ -152,7 +175,12 @@ def compress_data_aware(model: onnx.ModelProto, config: OpqConfig | AnncConfig, 
         _fixed_options(run, selection, output)
     order = (stages(run.template.model, [(e.name, e.view.tensors) for e in captured]) if options.sequential
              else [[e.name for e in captured]])
-    _solve_all(run, order, None if options.sequential else fp32, total, macs)
+    try:
+        _solve_all(run, order, None if options.sequential else fp32, total, macs)
+    except budget.Overshoot as miss:
+        miss.zeros = {(e.name, e.choice): budget.zero_share(e) for e in run.entries
+                      if e.plan is not None and e.choice is not None}
+        raise
     plan = CompressionPlan(tuple(e.plan for e in run.entries), f"data-aware-{options.solver}",
                            {} if total is None else {"budget": total})
     settings = {"method": plan.method, "config": asdict(config), "notes": [],

@@ -191,6 +191,23 @@ def allocate_rest(run, total: float, stage: list) -> None:
         entry.choice = choice[entry.name]
 
 
+class Overshoot(OptionError):
+    """The layers solved so far left the rest too little (their estimates were optimistic)."""
+
+    def __init__(self, need: float, total: float):
+        super().__init__(f"budget unreachable: the measured codes need {need / 8192:.1f} KB, "
+                         f"the budget is {total / 8192:.1f} KB")
+        self.need, self.total = need, total
+        self.zeros: dict[tuple[str, int], float] = {}  # (layer, option) -> measured zero share
+
+
+def zero_share(entry) -> float:
+    """The share of the weights a solved layer kept after pruning whose code is 0."""
+    option, codes = entry.table.options[entry.choice], entry.plan.codes
+    kept = codes.size - entry.view.rows * int(np.floor(option.sparsity * entry.view.cols + 0.5))
+    return float(min(max(((codes == 0).sum() - (codes.size - kept)) / max(kept, 1), 0.0), 1.0))
+
+
 def fit_stage(run, total: float, stage: list, inputs: dict, resolve) -> None:
     """Step the stage's layers down while the rest cannot fit in what they leave."""
     later = {e.name: e.table for e in run.entries if e.plan is None}
@@ -199,7 +216,8 @@ def fit_stage(run, total: float, stage: list, inputs: dict, resolve) -> None:
         moves = [(e.table.errors[j] - e.table.errors[e.choice], e, j) for e in stage
                  if (j := step_down(e.table, e.choice)) is not None]
         if not moves:
-            raise OptionError("budget unreachable: the measured codes need more than the budget")
+            need = before + sum(e.cost for e in stage) + cheapest_total(later)
+            raise Overshoot(need, total)
         _, entry, j = min(moves, key=lambda m: (m[0], m[1].name))
         entry.choice = j
         resolve(entry, inputs[entry.name])

@@ -427,9 +427,17 @@ def _all_sentences() -> tuple[str, ...]:
 CALIBRATION_COUNT = 120
 
 
-def calibration_sentences() -> tuple[str, ...]:
-    """The 120 sentences for calibration (disjoint from `heldout_sentences`)."""
-    return _all_sentences()[:CALIBRATION_COUNT]
+def calibration_sentences(count: int = CALIBRATION_COUNT) -> tuple[str, ...]:
+    """`count` sentences for calibration (default 120), all disjoint from `heldout_sentences`:
+    beyond the first 120, more templated ones no other list holds (seeded)."""
+    first = _all_sentences()[:min(count, CALIBRATION_COUNT)]
+    if count <= CALIBRATION_COUNT:
+        return first
+    taken = set(_all_sentences())
+    extra = [s for s in _templated(random.Random(20261202), 4 * count) if s not in taken]
+    if len(extra) < count - CALIBRATION_COUNT:
+        raise ValueError(f"at most {CALIBRATION_COUNT + len(extra)} calibration sentences can be made")
+    return first + tuple(extra[:count - CALIBRATION_COUNT])
 
 
 def heldout_sentences() -> tuple[str, ...]:
