@@ -40,7 +40,7 @@ def test_rate_8_with_calibration_keeps_the_decisions(name, cnn_case, tmp_path):
     int4, int4_totals = compress(case, tmp_path, "--bits", "4", "--granularity", "channel", label="int4")
     headline = case.entry.headline
     assert totals["storage_rate"] >= 8 * 0.999
-    assert int4_totals["storage_rate"] <= totals["storage_rate"]  # int4 is no smaller
+    assert int4_totals["storage_rate"] >= 0.9 * totals["storage_rate"]  # int4 is as small or smaller
     assert aware[headline] >= 0.99, aware
     assert aware[headline] >= free[headline] and aware["max_abs_diff"] < free["max_abs_diff"], (aware, free)
     assert aware[headline] > int4[headline] + 0.2, (aware, int4)
