@@ -133,6 +133,15 @@ def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
     return [graph, *graph.subgraphs(recursive=True)]
 
 
+def fresh_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_1`, `name_2`, … : the first not in `taken` (added to it)."""
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate, n = f"{name}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
 def _candidates(graph: gs.Graph) -> tuple[dict[str, list], list[Skipped]]:
     """Stored tensor name → [source, [(node, input index, spec, owning graph)], conflict], and the
     constants that reach a weight slot as an input of a Loop/Scan body (not followed)."""

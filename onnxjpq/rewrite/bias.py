@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph.layers import WeightLayer, all_graphs
+from ..graph.layers import WeightLayer, all_graphs, fresh_name
 from ..graph.ops import weight_slot
 
 
@@ -110,7 +110,7 @@ def ensure_bias(graph: gs.Graph, site: BiasSite) -> BiasSite:
     taken = {name for g in all_graphs(graph) for name in g.tensors()}
     values = (np.array(_constant_values(site.node.inputs[site.slot]), np.float32) if site.present
               else np.zeros(site.channels, np.float32))
-    fresh = gs.Constant(_fresh(f"{_base(site.node)}_bias", taken), values)
+    fresh = gs.Constant(fresh_name(f"{_base(site.node)}_bias", taken), values)
     if site.kind == "new-add":
         return _insert_add(graph, site.node, fresh, taken)
     node = site.node
@@ -142,9 +142,9 @@ def _insert_add(graph: gs.Graph, node: gs.Node, bias: gs.Constant, taken: set[st
     """MatMul → Add(bias): the MatMul writes a new tensor, the Add the old one."""
     out = node.outputs[0]
     owner = next(g for g in all_graphs(graph) if any(n is node for n in g.nodes))
-    unbiased = gs.Variable(_fresh(f"{out.name}_unbiased", taken), dtype=out.dtype, shape=out.shape)
+    unbiased = gs.Variable(fresh_name(f"{out.name}_unbiased", taken), dtype=out.dtype, shape=out.shape)
     node.outputs[0] = unbiased
-    add = gs.Node("Add", name=_fresh(f"{_base(node)}_bias_Add", taken), inputs=[unbiased, bias], outputs=[out])
+    add = gs.Node("Add", name=fresh_name(f"{_base(node)}_bias_Add", taken), inputs=[unbiased, bias], outputs=[out])
     owner.nodes.insert(owner.nodes.index(node) + 1, add)
     return BiasSite(add, 1, True, "add", 1.0, int(bias.values.size))
 
@@ -174,11 +174,3 @@ def _absent(tensor) -> bool:
 
 def _base(node: gs.Node) -> str:
     return node.name or node.outputs[0].name
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in taken:
-        candidate, n = f"{name}_{n}", n + 1
-    taken.add(candidate)
-    return candidate

@@ -27,7 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..graph.layers import WeightLayer, all_graphs
+from ..graph.layers import WeightLayer, all_graphs, fresh_name
 from ..core.plan import LayerPlan
 from ..graph.io import proto_graphs
 from ..graph.opset import fit_dequantize_opset
@@ -58,17 +58,17 @@ def apply_qdq(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan, allow_int4: 
     fit_dequantize_opset(graph, container, plan.channel_steps is not None)
     dtype = _NUMPY_TYPES[container]
     taken = {name for g in all_graphs(graph) for name in g.tensors()}
-    quantized = gs.Constant(_fresh(f"{layer.name}_quantized", taken), codes.astype(dtype))
+    quantized = gs.Constant(fresh_name(f"{layer.name}_quantized", taken), codes.astype(dtype))
     if plan.channel_steps is not None:  # per-axis DequantizeLinear
         steps = np.where(plan.channel_steps > 0, plan.channel_steps, 1.0).astype(np.float32)
         attrs = {"axis": plan.channel_axis % layer.values.ndim}
     else:
         steps, attrs = np.array(plan.step if plan.step > 0 else 1.0, np.float32), {}
-    scale = gs.Constant(_fresh(f"{layer.name}_scale", taken), steps)
-    zero_point = gs.Constant(_fresh(f"{layer.name}_zero_point", taken), np.zeros(steps.shape, dtype))
+    scale = gs.Constant(fresh_name(f"{layer.name}_scale", taken), steps)
+    zero_point = gs.Constant(fresh_name(f"{layer.name}_zero_point", taken), np.zeros(steps.shape, dtype))
     home = layer.home or graph
     output = _detach_weight(home, layer)
-    dq = gs.Node("DequantizeLinear", name=_fresh(f"{layer.name}_DequantizeLinear", taken), attrs=attrs,
+    dq = gs.Node("DequantizeLinear", name=fresh_name(f"{layer.name}_DequantizeLinear", taken), attrs=attrs,
                  inputs=[quantized, scale, zero_point], outputs=[output])
     home.nodes.insert(0, dq)  # its inputs are constants: first is always topologically valid
     return StoredWeight(container, quantized, zero_point)
@@ -107,11 +107,3 @@ def retype_chain(layer: WeightLayer) -> None:
         for tensor in node.outputs:
             if tensor.dtype is not None:
                 tensor.dtype = np.float32
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in taken:
-        candidate, n = f"{name}_{n}", n + 1
-    taken.add(candidate)
-    return candidate
