@@ -49,11 +49,13 @@ class OutputConfig:
 
 def find_model_layers(model: onnx.ModelProto, selection: Selection = Selection()):
     """The compressible layers of a loaded model, and the skipped weights with reasons."""
-    _, layers, skipped = _find(model, selection)
+    _, layers, skipped = find_graph_layers(model, selection)
     return layers, skipped
 
 
-def _find(model: onnx.ModelProto, selection: Selection):
+def find_graph_layers(model: onnx.ModelProto, selection: Selection):
+    """The imported graph of a loaded model, its compressible layers and the skipped weights
+    (the one-line error when nothing is compressible)."""
     graph = gs.import_onnx(model)
     layers, skipped = find_layers(graph, selection)
     if not layers:
@@ -184,7 +186,7 @@ def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection
                output: OutputConfig = OutputConfig(), sensitivity: dict[str, float] | None = None
                ) -> CompressionPlan:
     """Solve the masks and steps of a loaded model's weights (nothing is rewritten)."""
-    _, layers, skipped = _find(model, selection)
+    _, layers, skipped = find_graph_layers(model, selection)
     fixed = kept_names(layers, selection, budget=isinstance(config, AnncConfig))
     return _solve(model, layers, config, fixed, float_params(skipped), output, sensitivity)
 
@@ -212,9 +214,9 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
                settings: dict, progress=None) -> tuple[onnx.ModelProto, dict]:
     """Rewrite `model`'s weights as `plan` says (its masks and steps, the model's current values)."""
     notes = settings.setdefault("notes", [])
-    _, layers, _ = _find(model, selection)
+    _, layers, _ = find_graph_layers(model, selection)
     model, int4 = _prepare_opset(model, plan, layers, output, notes)
-    graph, layers, skipped = _find(model, selection)  # re-read: the opset upgrade made a new graph
+    graph, layers, skipped = find_graph_layers(model, selection)  # re-read: the opset upgrade made a new graph
     plans, shapes = plan.by_name(), tensor_shapes(model)
     rows, int4_names, code_names = [], [], []
     for layer in (progress(layers) if progress else layers):

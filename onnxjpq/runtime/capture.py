@@ -213,13 +213,14 @@ def _channel_of_row(matrix: np.ndarray, shape: tuple[int, ...], axis: int | None
     channels = (matrix // stride) % shape[axis]
     if not (channels == channels[:, :1]).all():
         return None
-    rows = channels[:, 0]
+    rows = channels[:, 0].copy()  # not a view: it would keep all of `channels` alive
     return rows if len(rows) == shape[axis] and len(np.unique(rows)) == len(rows) else None
 
 
 def slot_index(layer: WeightLayer) -> np.ndarray:
     """The stored element (flat index) of each element of the tensor the consumers read."""
-    index = np.arange(layer.values.size, dtype=np.int64).reshape(layer.values.shape)
+    dtype = np.int32 if layer.values.size < 2 ** 31 else np.int64  # a layer's index lives all run
+    index = np.arange(layer.values.size, dtype=dtype).reshape(layer.values.shape)
     for node in layer.chain:
         index = _through(node, index)
     return index

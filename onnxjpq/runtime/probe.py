@@ -37,20 +37,22 @@ class Template:
 
 
 def make_template(model: onnx.ModelProto, names: set[str]) -> Template:
-    """A copy of `model` whose main-graph initializers and Constant nodes named in `names` are inputs."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    """A copy of `model` whose main-graph initializers and Constant nodes named in `names` are inputs.
+
+    The copy leaves out the initializers that become inputs (copying them first would hold
+    every weight of the model twice more)."""
+    initializers = model.graph.initializer
+    out = _copy_without_initializers(model)
     graph = out.graph
-    init_names = {t.name for t in graph.initializer}
+    init_names = {t.name for t in initializers}
     data_inputs = tuple(i.name for i in graph.input if i.name not in init_names)
     values: dict[str, np.ndarray] = {}
     keep = []
-    for tensor in graph.initializer:
+    for tensor in initializers:
         if tensor.name in names:
             values[tensor.name] = numpy_helper.to_array(tensor)
         else:
             keep.append(tensor)
-    del graph.initializer[:]
     graph.initializer.extend(keep)
     for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in names]:
         value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
@@ -63,6 +65,27 @@ def make_template(model: onnx.ModelProto, names: set[str]) -> Template:
             dtype = helper.np_dtype_to_tensor_dtype(array.dtype)
             graph.input.append(helper.make_tensor_value_info(name, dtype, list(array.shape)))
     return Template(out, values, data_inputs)
+
+
+def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose main graph has no initializers."""
+    out = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(out, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(out.graph, field, value)
+    return out
+
+
+def _copy_field(message, field, value) -> None:
+    if field.is_repeated:
+        getattr(message, field.name).extend(value)
+    elif field.message_type is not None:
+        getattr(message, field.name).CopyFrom(value)
+    else:
+        setattr(message, field.name, value)
 
 
 class Probe:

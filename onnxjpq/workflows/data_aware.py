@@ -38,14 +38,13 @@ import onnx_graphsurgeon as gs
 from ..core.plan import CompressionPlan, LayerPlan
 from ..core.quant import dequantize, to_channels
 from ..errors import OptionError
-from ..graph.layers import Selection, WeightLayer, find_layers, kept_names
+from ..graph.layers import Selection, WeightLayer, kept_names
 from ..methods.annc import AnncConfig
 from ..methods.bias_correction import bias_shift
-from ..methods.gptq import QuantizedLayer
 from ..methods.layerwise import (SOLVERS, LayerOption, choose_target_damp, fp32_error, fp32_target,
                                  grouped, relative, solve_layer)
 from ..methods.opq import OpqConfig
-from ..pipeline.compress import OutputConfig, apply_plan, find_model_layers, plan_model
+from ..pipeline.compress import OutputConfig, apply_plan, find_graph_layers, plan_model
 from ..rewrite.bias import BiasSite, bias_site, bias_tensor_name, current_bias, ensure_bias
 from ..runtime.capture import LayerView, capture_pairs, capture_stats, layer_view, merge_pairs
 from ..runtime.data import Dataset
@@ -106,7 +105,7 @@ class _Entry:
     option: LayerOption | None = None
     table: budget.OptionTable | None = None
     choice: int | None = None
-    solved: QuantizedLayer | None = None
+    method: str = ""  # the solver that solved it (methods.layerwise)
     plan: LayerPlan | None = None
     cost: float = 0.0
     mean_target: np.ndarray | None = None
@@ -127,6 +126,7 @@ class _Run:
     template: object
     feed: dict[str, np.ndarray]
     say: object
+    skipped: list  # the weights left as they are (graph.layers.Skipped)
     weights: dict[str, float] = field(default_factory=dict)  # the allocation's layer weights
 
 
@@ -156,13 +156,12 @@ def compress_data_aware(model: onnx.ModelProto, config: OpqConfig | AnncConfig, 
 def _compress(model, config, selection, output, calib, options, log, scale: float, known: dict):
     """One solve; `known`: (layer, option) -> share of kept weights an earlier solve left at 0,
     replacing the estimates'."""
-    _, skipped = find_model_layers(model, selection)  # the one-line error when nothing is compressible
     run = _prepare(model, config, selection, calib, options, log or (lambda line: None))
     captured = [e for e in run.entries if e.captured]
     total, macs = None, {}
     if isinstance(config, AnncConfig):
         macs = budget.bops_macs(model, run.entries) if config.objective == "bops" else {}
-        total = scale * budget.budget_total(config, run.entries, skipped, macs)
+        total = scale * budget.budget_total(config, run.entries, run.skipped, macs)
         fp32 = _fp32_pass(run, captured, True, lambda chunk, stats: budget.score_tables(
             run, chunk, stats, macs, _grids))
         budget.score_tables(run, [e for e in run.entries if not e.captured], {}, macs, _grids)
@@ -185,15 +184,16 @@ def _compress(model, config, selection, output, calib, options, log, scale: floa
                            {} if total is None else {"budget": total})
     settings = {"method": plan.method, "config": asdict(config), "notes": [],
                 "data_aware": asdict(options) | {"stages": len(order)}}
+    section = report_section(run, order, measure(run))
+    run.template, run.feed = None, {}  # the weights they hold are not needed to write the model
     out, report = apply_plan(model, plan, selection, output, settings)
-    report["data_aware"] = report_section(run, order, measure(run))
+    report["data_aware"] = section
     return out, report
 
 
 def _prepare(model, config, selection, calib, options, say) -> _Run:
     """The template graph (biases ensured), each layer's view, and the capture template."""
-    graph = gs.import_onnx(model)
-    layers, _ = find_layers(graph, selection)
+    graph, layers, skipped = find_graph_layers(model, selection)
     fixed = kept_names(layers, selection, budget=isinstance(config, AnncConfig))
     entries = []
     for layer in layers:
@@ -211,7 +211,7 @@ def _prepare(model, config, selection, calib, options, say) -> _Run:
                 entry.site = ensure_bias(graph, site)
     names = {e.name for e in entries} | {bias_tensor_name(e.site) for e in entries if e.site}
     template = make_template(gs.export_onnx(graph), names)
-    return _Run(model, config, options, calib, entries, template, {}, say)
+    return _Run(model, config, options, calib, entries, template, {}, say, skipped)
 
 
 def _plain_view(layer: WeightLayer) -> LayerView:
@@ -373,7 +373,7 @@ def _solve(run: _Run, entry: _Entry, inputs: _Inputs, macs: dict) -> None:
         steps = np.zeros(layer.values.shape[layer.axis % layer.values.ndim], np.float32)
         steps[view.channel_of_row] = solved.steps
     step = float(np.median(steps)) if steps is not None else float(solved.steps[0])
-    entry.solved = solved
+    entry.method = solved.method
     plan = LayerPlan(layer.name, codes != 0 if option.sparsity > 0 else np.ones(codes.shape, bool),
                      step if step > 0 else 1.0, keep_survivors=option.sparsity > 0, fixed=entry.fixed,
                      predicted_prune_ratio=option.sparsity, max_code=option.max_code,
@@ -407,7 +407,7 @@ def _commit(run: _Run, entry: _Entry) -> None:
         values = dequantize(plan.codes, plan.steps_for(layer.values.shape))
         run.feed[layer.name] = values.astype(run.template.values[layer.name].dtype)
     done = sum(e.name in run.feed or not e.captured and e.plan is not None for e in run.entries)
-    run.say(f"data-aware: [{done}/{len(run.entries)}] {layer.name}: {entry.solved.method}, "
+    run.say(f"data-aware: [{done}/{len(run.entries)}] {layer.name}: {entry.method}, "
             f"{entry.option.bits} bits, {entry.option.sparsity:.0%} pruned, "
             f"{'channel' if plan.channel_steps is not None else 'layer'} steps, relative output error "
             f"{entry.info['solve_error']:.3g} (rtn on the same target {entry.info['target_rtn_error']:.3g})")

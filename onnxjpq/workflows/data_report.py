@@ -43,7 +43,7 @@ def report_section(run, order, measured: dict) -> dict:
     rows = []
     for e in run.entries:
         predicted = float(e.table.errors[e.choice]) if e.table is not None else e.info.get("solve_error")
-        rows.append({"name": e.name, "solver": e.solved.method, "bits": e.option.bits,
+        rows.append({"name": e.name, "solver": e.method, "bits": e.option.bits,
                      "sparsity": e.option.sparsity, "per_channel_steps": e.plan.channel_steps is not None,
                      "predicted_error": predicted, **e.info, "measured_error": measured["layers"].get(e.name),
                      "data_free_reason": e.reason, "bias_corrected": e.plan.bias is not None,
