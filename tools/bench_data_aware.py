@@ -8,8 +8,8 @@ held-out ones scored by mean cosine of the embeddings with fp32's) and the real
 CNNs of `onnxjpq.zoo.cnns` whose packages are installed (64 calibration samples of
 seed 1; the registry's seed-0 samples scored by its headline metric against fp32).
 
-Methods, each a `python -m onnxjpq compress` run (wall time and peak RSS of that
-process are recorded): data-free `--rate R`; data-aware `--rate R --calib`;
+Methods, each a `python -m onnxjpq compress` run (its wall time is recorded; time
+and memory on their own are tools/bench_calib_cost.py's): data-free `--rate R`; data-aware `--rate R --calib`;
 per-channel round-to-nearest int4 (`--bits 4 --granularity channel`); and
 onnxruntime's `quantize_dynamic` (int8 weights, 8 bits per weight: storage rate 4
 counted as 32/8; Constant-node weights moved into initializers first, which its
@@ -34,9 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CALIB_SAMPLES = 64
 MINILM_CALIB = 128
 
-_RUN = ("import resource, sys\nfrom onnxjpq.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+# the child's own peak: VmHWM (ru_maxrss would start from the parent's RSS at the fork)
+_RUN = ("import sys\nfrom onnxjpq.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
         "    code = e.code\nelse:\n    code = 0\n"
-        "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)\n")
+        "hwm = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print('peak_kb', hwm, file=sys.stderr)\nsys.exit(code)\n")
 
 
 def compress(src: Path, dst: Path, options: list[str]) -> dict:
@@ -135,6 +137,7 @@ def measure(model, rates: list[int], work: Path, done: dict[str, dict], save) ->
             figures["metric"] = model.score(dst)
         except Exception as error:  # a failed method is a row of the table, not the end of the benchmark
             figures = {"error": str(error).splitlines()[-1][:200]}
+        figures.pop("peak_mb", None)  # memory is tools/bench_calib_cost.py's
         rows.append({"method": label, **figures})
         save(rows)
         print(model.name, rows[-1], file=sys.stderr, flush=True)
@@ -169,13 +172,12 @@ def markdown(results: list[tuple[object, list[dict], Path]], command: str) -> st
     lines = ["# Data-aware compression on real models", "", f"Measured with `{command}` (2-core machine).", ""]
     for model, rows, figure in results:
         lines += [f"## {model.name} ({model.headline} against fp32)", "", f"![{model.name}]({figure.name})", "",
-                  "| method | storage rate | metric | compress s | peak MB |", "| --- | --- | --- | --- | --- |"]
+                  "| method | storage rate | metric | compress s |", "| --- | --- | --- | --- |"]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['method']} | failed: {r['error']} | | | |")
+                lines.append(f"| {r['method']} | failed: {r['error']} | | |")
                 continue
-            peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
-            lines.append(f"| {r['method']} | {r['storage_rate']:.2f} | {r['metric']:.4f} | {r['seconds']:.1f} | {peak} |")
+            lines.append(f"| {r['method']} | {r['storage_rate']:.2f} | {r['metric']:.4f} | {r['seconds']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
