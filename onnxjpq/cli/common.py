@@ -39,6 +39,12 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+def _from_onnxruntime(exc: BaseException) -> bool:
+    """An error onnxruntime raised (runtime.sessions.ORT_ERRORS; compared by module so that
+    the CLI imports no onnxruntime before it needs it)."""
+    return type(exc).__module__.startswith("onnxruntime.capi")
+
+
 def user_errors(*model_args: str):
     """Turn the errors a command may meet into one `error: ...` line and an exit status.
 
@@ -48,6 +54,8 @@ def user_errors(*model_args: str):
     130; the temporary files are gone by then (written through `io.atomic_file`, removed on
     any exception). With `quiet` (-q) Python warnings (numpy overflow, onnx's notes on
     external data) are not shown.
+    onnxruntime failing to run a valid model (inputs it does not accept: shapes the graph
+    cannot broadcast): its first line, status 2.
     Any other exception is blamed on an input model named by `model_args` only
     when that input itself fails validation (`_input_fault`: onnx.checker,
     onnxruntime, supported opsets and domains), with the reason it fails; on a
@@ -68,11 +76,13 @@ def user_errors(*model_args: str):
             except OSError as exc:
                 reason = exc.strerror or first_line(exc)
                 _fail(f"{exc.filename}: {reason}" if exc.filename else f"cannot write the output: {reason}", 2)
-            except Exception:
+            except Exception as exc:
                 for name in model_args:
                     fault = _input_fault(kwargs[name]) if kwargs.get(name) else None
                     if fault is not None:
                         _fail(str(fault), 2)
+                if _from_onnxruntime(exc):
+                    _fail(f"onnxruntime cannot run the model on these inputs: {first_line(exc)}", 2)
                 raise
         return wrapper
     return decorate

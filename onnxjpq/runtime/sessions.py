@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 
+_STATE = ort.capi.onnxruntime_pybind11_state
+# what onnxruntime raises for a model it cannot load or run on the given inputs
+ORT_ERRORS = (_STATE.Fail, _STATE.InvalidGraph, _STATE.NotImplemented, _STATE.InvalidArgument,
+              _STATE.RuntimeException, _STATE.InvalidProtobuf, _STATE.NoSuchFile)
+
+
 def cpu_cores() -> int:
     """The cores this process may run on."""
     try:
@@ -37,7 +43,7 @@ def session(model: str | os.PathLike | bytes | onnx.ModelProto, threads: int = 0
     elif not isinstance(model, bytes):
         model = str(model)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the caller as exceptions; no C++ log line beside them
     options.intra_op_num_threads = bounded_threads(threads)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
@@ -69,9 +75,7 @@ def open_session(path: str | os.PathLike | onnx.ModelProto, threads: int = 0) ->
         load_model(path)  # a clear error for a missing, truncated or non-ONNX file
     try:
         return session(path, threads)
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.NotImplemented,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
+    except ORT_ERRORS as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         name = "the model" if isinstance(path, onnx.ModelProto) else path
         raise ModelError(f"{name}: onnxruntime cannot load it ({first})") from None

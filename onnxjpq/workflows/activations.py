@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,11 +26,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import DataError, OptionError
+from ..errors import DataError, ModelError, OptionError, first_line
+from ..graph.opset import default_opset, upgrade
 from ..runtime.data import Dataset
 from ..runtime.sessions import fixed_batch, run_samples, session
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
+PER_AXIS_OPSET = 13  # DequantizeLinear's axis attribute (per-channel steps)
 
 
 @dataclass(frozen=True)
@@ -90,26 +93,39 @@ def _calibrate_method(name: str):
 def _override(step, unsigned: bool = False) -> list[dict]:
     """onnxruntime's TensorQuantOverrides entry giving a weight onnxjpq's step(s): int8 codes
     with zero point 0, or (`unsigned`) the same codes + 128 as uint8 with zero point 128."""
-    zero = np.uint8(128) if unsigned else np.int8(0)
+    zero = np.array(128, np.uint8) if unsigned else np.array(0, np.int8)  # arrays: onnxruntime refuses scalars
     if isinstance(step, tuple):
         axis, steps = step
-        entries = [{"scale": np.float32(s), "zero_point": zero} for s in steps]
+        entries = [{"scale": np.array(s, np.float32), "zero_point": zero} for s in steps]
         entries[0]["axis"] = axis
         return entries
-    return [{"scale": np.float32(step), "zero_point": zero}]
+    return [{"scale": np.array(step, np.float32), "zero_point": zero}]
 
 
 def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: ActivationConfig,
               steps: dict[str, float], exclude: list[str], unsigned: bool = False) -> onnx.ModelProto:
     overrides = {name: _override(step, unsigned) for name, step in steps.items()}
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime logs advice on every call
     try:
-        _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned)
-    finally:
-        root.setLevel(level)
+        with _quiet():
+            _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned)
+    except Exception as exc:  # onnxruntime.quantization raises many types, with multi-line messages
+        raise ModelError(f"onnxruntime's quantizer failed on this model: {first_line(exc)}") from exc
     return onnx.load(str(dst))
+
+
+@contextmanager
+def _quiet():
+    """onnxruntime.quantization's logging silenced: advice on every call, and tracebacks of the
+    pre-processing failures it recovers from (ours raise)."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned) -> None:
@@ -130,20 +146,51 @@ def _preprocess(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     removal), so that every Conv/MatMul fuses with its Q/DQ pairs; saved at `path`."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    prepared = _constants_as_initializers(prepared)
     try:
-        scratch = onnx.ModelProto()  # quant_pre_process may move a model's tensors to external data in place
-        scratch.CopyFrom(model)
-        quant_pre_process(scratch, str(path), skip_symbolic_shape=True)
+        with _quiet():
+            scratch = onnx.ModelProto()  # quant_pre_process may move the tensors to external data in place
+            scratch.CopyFrom(prepared)
+            quant_pre_process(scratch, str(path), skip_symbolic_shape=True)
+            processed = onnx.load(str(path))
     except Exception:  # pre-processing is an optimisation: quantize the model as it is
-        onnx.save_model(model, str(path))
-    finally:
-        root.setLevel(level)
-    processed = _named(onnx.load(str(path)))
+        processed = prepared
+    processed = _named(_constants_as_initializers(processed))
     onnx.save_model(processed, str(path))
     return processed
+
+
+def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Main-graph Constant nodes holding a tensor become initializers of the same name:
+    onnxruntime's quantizer takes only initializers for weights (a Constant's output it
+    calibrates as an activation)."""
+    graph = model.graph
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")]:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+        if value is not None:
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.node.remove(node)
+    return model
+
+
+def _per_axis_ready(model: onnx.ModelProto, steps: dict) -> tuple[onnx.ModelProto, dict, list[str]]:
+    """A model below opset 13 upgraded for per-channel DequantizeLinear; where onnx cannot
+    upgrade it, its per-channel weights are left to onnxruntime's per-tensor quantization
+    (the notes say so)."""
+    if default_opset(model) >= PER_AXIS_OPSET or not any(isinstance(s, tuple) for s in steps.values()):
+        return model, steps, []
+    upgraded = upgrade(model, PER_AXIS_OPSET)
+    if upgraded is not None:
+        return upgraded, steps, [f"upgraded from opset {default_opset(model)} to {PER_AXIS_OPSET} for "
+                                 "per-channel DequantizeLinear"]
+    per_tensor = {name: s for name, s in steps.items() if not isinstance(s, tuple)}
+    return model, per_tensor, [f"opset {default_opset(model)} has no per-channel DequantizeLinear and onnx "
+                               f"cannot upgrade it: {len(steps) - len(per_tensor)} per-channel weights "
+                               "quantized again per tensor by onnxruntime"]
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -213,6 +260,7 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
     sess = session(model)
     reference = run_samples(sess, data.inputs, config.samples)
     fixed = fixed_batch(sess)
+    model, steps, notes = _per_axis_ready(model, steps)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
         src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
         model = _preprocess(model, src)
@@ -240,7 +288,7 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
     info = {"calibrate": config.calibrate, "weights": "uint8" if unsigned else "int8",
             "quantized": len(ranked) - len(kept), "kept_float": kept,
             "output_snr_db": snr, "target_snr_db": config.min_snr_db,
-            "worst_sqnr_db": dict(ranked[:5])}
+            "worst_sqnr_db": dict(ranked[:5]), "notes": notes}
     return qmodel, info
 
 
@@ -297,6 +345,7 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
         total["bops"] = sum(row["bops"] for row in report["layers"] if row["bops"] is not None)
         total["bops_ratio"] = 1024 * total["macs"] / total["bops"]
     report["settings"]["activations"] = info
+    report["settings"]["notes"].extend(info["notes"])
     if info["output_snr_db"] < config.min_snr_db:
         report["settings"]["notes"].append(
             f"activation SNR target {config.min_snr_db:g} dB not reached even with every "

@@ -116,3 +116,61 @@ def test_activations_on_a_model_reshaping_by_an_initializer(tmp_path):
                                        "--activations", "int8", "--calib", str(calib)])
     assert result.exit_code == 0, (result.output, result.exception)
     assert _activation_quantizers(onnx.load(str(out))) > 0
+
+
+def _constant_weight_convs(path: Path, opset: int) -> None:
+    """Two Convs whose weights are Constant nodes (as PaddlePaddle exports them), at `opset`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxjpq.testing import laplace
+    weights = {"w1": laplace((8, 3, 3, 3)), "w2": laplace((4, 8, 3, 3), seed=1)}
+    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(w, name))
+             for name, w in weights.items()]
+    nodes += [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]),
+              helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.save_model(model, str(path))
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_old_opsets_with_constant_node_weights_get_int8_weights(tmp_path, opset, granularity):
+    """Below opset 13 DequantizeLinear has no axis: the model is upgraded; Constant-node weights
+    become int8 initializers on onnxjpq's steps (onnxruntime's quantizer takes only initializers)."""
+    src, out, calib = tmp_path / "convs.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    _constant_weight_convs(src, opset)
+    x = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(calib, x=x)
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--bits", "8", "--granularity",
+                                       granularity, "--activations", "int8", "--calib", str(calib)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    qmodel = onnx.load(str(out))
+    codes = {t.name: t.data_type for t in qmodel.graph.initializer if t.name.startswith(("w1", "w2"))}
+    assert codes.get("w1_quantized") == onnx.TensorProto.INT8 and codes.get("w2_quantized") == onnx.TensorProto.INT8
+    assert _activation_quantizers(qmodel) > 0
+    ref = session(str(src)).run(None, {"x": x})[0]
+    assert output_snr_db([ref], session(qmodel).run(None, {"x": x})) > 20
+
+
+def test_a_model_onnxruntime_cannot_run_on_the_data_is_a_one_line_error(tmp_path):
+    """The Add broadcasts [N, 8] with [8, 8]: valid for batches of 8 only; 16 calibration samples."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxjpq.testing import laplace
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("MatMul", ["z", "V"], ["u"]),
+         helper.make_node("Add", ["u", "V"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(laplace((16, 8)), "W"), numpy_helper.from_array(laplace((8, 8), seed=2), "V")])
+    src, out, calib = tmp_path / "m.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
+    for options in (["--activations", "int8"], ["--rate", "8"]):
+        result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--calib", str(calib), *options])
+        assert result.exit_code == 2, result.output
+        assert "onnxruntime cannot run the model on these inputs" in result.output
+        assert "Traceback" not in result.output and not out.exists()
