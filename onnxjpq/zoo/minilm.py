@@ -407,7 +407,9 @@ def _templated(rng: random.Random, count: int) -> list[str]:
                  f"but the {rng.choice(_FLAWS)}."),
     )
     seen, out = set(_HANDWRITTEN), []
-    while len(out) < count:
+    for _ in range(50 * count):  # the templates make a few thousand sentences: stop short of looping forever
+        if len(out) == count:
+            break
         sentence = rng.choice(makers)()
         if sentence not in seen:
             seen.add(sentence)
@@ -434,7 +436,7 @@ def calibration_sentences(count: int = CALIBRATION_COUNT) -> tuple[str, ...]:
     if count <= CALIBRATION_COUNT:
         return first
     taken = set(_all_sentences())
-    extra = [s for s in _templated(random.Random(20261202), 4 * count) if s not in taken]
+    extra = [s for s in _templated(random.Random(20261202), count + len(taken)) if s not in taken]
     if len(extra) < count - CALIBRATION_COUNT:
         raise ValueError(f"at most {CALIBRATION_COUNT + len(extra)} calibration sentences can be made")
     return first + tuple(extra[:count - CALIBRATION_COUNT])
