@@ -122,6 +122,16 @@ def merge_stats(a: InputStats, b: InputStats) -> InputStats:
     return InputStats(a.xxt + b.xxt, a.xsum + b.xsum, a.count + b.count)
 
 
+def accumulate(total: InputStats, part: InputStats) -> InputStats:
+    """`merge_stats` into `total`'s own arrays (no new cols x cols sums per batch: for a layer
+    of 8192 inputs each is 512 MiB); `total` must not be shared."""
+    if total.xxt.shape != part.xxt.shape:
+        raise ValueError(f"cannot merge input statistics of shapes {total.xxt.shape} and {part.xxt.shape}")
+    total.xxt += part.xxt
+    total.xsum += part.xsum
+    return InputStats(total.xxt, total.xsum, total.count + part.count)
+
+
 def column_stats(columns: Iterable[np.ndarray]) -> InputStats:
     """Statistics of column matrices [groups, cols, n] (chunks of one layer's columns).
 

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..core.hessian import MAX_ELEMENTS, ConvGeometry, InputStats, conv_columns, merge_stats
+from ..core.hessian import MAX_ELEMENTS, ConvGeometry, InputStats, accumulate, conv_columns, merge_stats
 from ..errors import DataError
 from ..graph.layers import WeightLayer
 from .data import Dataset
@@ -324,10 +324,10 @@ def columns_stats(chunks: Iterable[np.ndarray], means_only: bool = False) -> Inp
 
 
 def add_stats(total: InputStats | None, part: InputStats | None) -> InputStats | None:
-    """Statistics of both (None: nothing yet)."""
+    """Statistics of both (None: nothing yet), summed into `total`'s arrays."""
     if part is None or total is None:
         return part if total is None else total
-    return merge_stats(total, part)
+    return accumulate(total, part)
 
 
 def _pair_add(total: PairStats | None, hat_chunks, fp32_chunks) -> PairStats | None:
@@ -336,8 +336,12 @@ def _pair_add(total: PairStats | None, hat_chunks, fp32_chunks) -> PairStats | N
         hat32, ref32 = hat.astype(np.float32), ref.astype(np.float32)
         part = PairStats(_products(hat32), _products(ref32),
                          np.matmul(ref32, hat32.transpose(0, 2, 1)).astype(np.float64))
-        total = part if total is None else PairStats(merge_stats(total.hat, part.hat),
-                                                     merge_stats(total.fp32, part.fp32), total.cross + part.cross)
+        if total is None:
+            total = part
+        else:
+            total.cross += part.cross
+            total = PairStats(accumulate(total.hat, part.hat), accumulate(total.fp32, part.fp32), total.cross)
+        del part
     return total
 
 
