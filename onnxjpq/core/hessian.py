@@ -122,14 +122,15 @@ def merge_stats(a: InputStats, b: InputStats) -> InputStats:
     return InputStats(a.xxt + b.xxt, a.xsum + b.xsum, a.count + b.count)
 
 
-def accumulate(total: InputStats, part: InputStats) -> InputStats:
+def merge_into(total: InputStats, part: InputStats) -> InputStats:
     """`merge_stats` into `total`'s own arrays (no new cols x cols sums per batch: for a layer
     of 8192 inputs each is 512 MiB); `total` must not be shared."""
     if total.xxt.shape != part.xxt.shape:
         raise ValueError(f"cannot merge input statistics of shapes {total.xxt.shape} and {part.xxt.shape}")
-    total.xxt += part.xxt
-    total.xsum += part.xsum
-    return InputStats(total.xxt, total.xsum, total.count + part.count)
+    xxt, xsum = total.xxt, total.xsum  # the frozen dataclass's arrays, added to in place
+    xxt += part.xxt
+    xsum += part.xsum
+    return InputStats(xxt, xsum, total.count + part.count)
 
 
 def column_stats(columns: Iterable[np.ndarray]) -> InputStats:
@@ -172,7 +173,7 @@ def accumulate_stats(batches: Iterable[np.ndarray], geometry: ConvGeometry | Non
     total = None
     for batch in batches:
         part = conv_stats(batch, geometry) if geometry is not None else matmul_stats(batch, feature_axis)
-        total = part if total is None else merge_stats(total, part)
+        total = part if total is None else merge_into(total, part)
     if total is None:
         raise ValueError("no batches to take statistics of")
     return total

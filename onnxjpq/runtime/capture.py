@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..core.hessian import MAX_ELEMENTS, ConvGeometry, InputStats, accumulate, conv_columns, merge_stats
+from ..core.hessian import MAX_ELEMENTS, ConvGeometry, InputStats, conv_columns, merge_into, merge_stats
 from ..errors import DataError
 from ..graph.layers import WeightLayer
 from .data import Dataset
@@ -327,7 +327,7 @@ def add_stats(total: InputStats | None, part: InputStats | None) -> InputStats |
     """Statistics of both (None: nothing yet), summed into `total`'s arrays."""
     if part is None or total is None:
         return part if total is None else total
-    return accumulate(total, part)
+    return merge_into(total, part)
 
 
 def _pair_add(total: PairStats | None, hat_chunks, fp32_chunks) -> PairStats | None:
@@ -339,8 +339,9 @@ def _pair_add(total: PairStats | None, hat_chunks, fp32_chunks) -> PairStats | N
         if total is None:
             total = part
         else:
-            total.cross += part.cross
-            total = PairStats(accumulate(total.hat, part.hat), accumulate(total.fp32, part.fp32), total.cross)
+            cross = total.cross
+            cross += part.cross
+            total = PairStats(merge_into(total.hat, part.hat), merge_into(total.fp32, part.fp32), cross)
         del part
     return total
 

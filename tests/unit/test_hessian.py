@@ -175,3 +175,17 @@ def test_im2col_statistics_match_the_loops_for_any_shape(case):
     np.testing.assert_allclose(stats.xxt, h, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(stats.xsum, s, rtol=1e-10, atol=1e-10)
     assert stats.count == count
+
+
+def test_merge_into_sums_into_the_total_as_merge_stats_does():
+    from onnxjpq.core.hessian import column_stats, merge_into, merge_stats
+
+    rng = np.random.default_rng(3)
+    a, b = (column_stats([rng.standard_normal((2, 5, 7))]) for _ in range(2))
+    expected = merge_stats(a, b)
+    b_before = b.xxt.copy()
+    total = merge_into(a, b)
+    np.testing.assert_array_equal(total.xxt, expected.xxt)
+    np.testing.assert_array_equal(total.xsum, expected.xsum)
+    assert total.count == expected.count and total.xxt is a.xxt  # no new cols x cols array
+    np.testing.assert_array_equal(b.xxt, b_before)
