@@ -189,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(["minilm", *[e.name for e in CNNS]]))
     parser.add_argument("--rates", default="8,12")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_data_aware.md")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: write the table and figures from the rows saved beside --out")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows the last run saved beside --out (its .json) and measure only the rest")
     args = parser.parse_args(argv)
     store = args.out.with_suffix(".json")
-    saved = json.loads(store.read_text()) if args.resume and store.exists() else {}
+    saved = json.loads(store.read_text()) if (args.resume or args.render) and store.exists() else {}
     rates = [int(r) for r in args.rates.split(",")]
     by_name = {e.name: e for e in CNNS}
     results = []
@@ -210,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                 saved[name] = rows
                 store.write_text(json.dumps(saved, indent=1) + "\n")
 
-            rows = measure(model, rates, work, done, save)
+            rows = (saved.get(name, []) if args.render else measure(model, rates, work, done, save))
+            if not rows:
+                continue
             results.append((model, rows, plot(model, rows, args.out.parent)))
     command = "python tools/bench_data_aware.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
-                                                             if a != "--resume")
+                                                             if a not in ("--resume", "--render"))
     args.out.write_text(markdown(results, command.strip()))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

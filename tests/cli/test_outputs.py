@@ -260,6 +260,7 @@ def _interrupted(folder: Path, target: str, args: list[str]) -> subprocess.Compl
     module, name = target.split(":")
     code = textwrap.dedent(f"""
         import importlib, os, signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even when started in the background
         module = importlib.import_module({module!r})
         real = getattr(module, {name!r})
         def interrupted(*args, **kwargs):
@@ -289,6 +290,7 @@ def test_ctrl_c_is_one_line_status_130_and_leaves_nothing(work, target, args):
 def test_ctrl_c_while_a_temporary_file_is_open_removes_it(work):
     code = textwrap.dedent("""
         import contextlib, os, signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even when started in the background
         import onnxjpq.graph.outputs as io
         real = io.atomic_file
         @contextlib.contextmanager
