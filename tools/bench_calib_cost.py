@@ -1,6 +1,7 @@
 """What data-aware compression costs: seconds and peak memory of all-MiniLM-L6-v2 (issue 11, item 6).
 
     python tools/bench_calib_cost.py [--sentences 32,128,512] [--options="--rate 8"]
+                                     [--out docs/benchmarks_calib_cost.md]
 
 Each row is one `onnxjpq compress` in its own process (wall seconds, peak RSS: the
 process's VmHWM), on the model `onnxjpq.zoo.minilm` exports:
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bench_data_aware import compress
+from bench_data_aware import ROOT, compress
 
 _FLOOR = ("import sys, onnx\nimport onnxjpq.cli\nfrom onnxjpq.runtime.sessions import session\n"
           "session(onnx.load(sys.argv[1]))\n"
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sentences", default="32,128,512")
     parser.add_argument("--options", default="--rate 8", help="the compress options of both compress rows")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_calib_cost.md")
     args = parser.parse_args(argv)
     options = shlex.split(args.options)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,14 +90,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"data-aware {args.options} --calib, {count} sentences", figures, f"{held:.0f}"))
             print(rows[-1], file=sys.stderr, flush=True)
         hessian = largest_hessian_mb(path)
-    print(f"Measured with `python tools/bench_calib_cost.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-          f" (all-MiniLM-L6-v2; largest Hessian {hessian:.1f} MB).\n")
-    print("| run | seconds | peak MB | peak over data-free MB | all layer inputs at once MB |")
-    print("| --- | --- | --- | --- | --- |")
+    command = "python tools/bench_calib_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
     base = rows[1][1]["peak_mb"]
+    lines = ["# What data-aware compression costs (all-MiniLM-L6-v2)", "",
+             f"Measured with `{command.strip()}` (2-core machine); largest Hessian {hessian:.1f} MB.", "",
+             "| run | seconds | peak MB | peak over data-free MB | all layer inputs at once MB |",
+             "| --- | --- | --- | --- | --- |"]
     for label, figures, held in rows:
         over = f"{figures['peak_mb'] - base:+.0f}" if label.startswith("data-aware") else ""
-        print(f"| {label} | {figures['seconds']:.1f} | {figures['peak_mb']:.0f} | {over} | {held} |")
+        lines.append(f"| {label} | {figures['seconds']:.1f} | {figures['peak_mb']:.0f} | {over} | {held} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 

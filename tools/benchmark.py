@@ -422,6 +422,21 @@ def machine_markdown() -> list[str]:
             f"| date | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC |"]
 
 
+# tables other tools write beside this file, carried into it (each with its own command)
+INCLUDED = ("benchmarks_data_aware.md", "benchmarks_calib_cost.md")
+
+
+def included_sections(folder: Path) -> list[str]:
+    """The INCLUDED tables found in `folder`, their headings one level down."""
+    out = []
+    for name in INCLUDED:
+        if (folder / name).exists():
+            text = (folder / name).read_text().strip()
+            out.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+                       + f"\n\n(From docs/{name}.)\n")
+    return out
+
+
 def write_markdown(path: Path, command: str, sections: list[str], seconds: float, quick: bool) -> None:
     text = "\n".join([
         "# Benchmarks", "",
@@ -440,7 +455,7 @@ def write_markdown(path: Path, command: str, sections: list[str], seconds: float
         "with --prune/--bits, none in the budget mode) unless the setting "
         "says otherwise; \"(got B bits)\" is the average packed width onnxjpq reached when it differs "
         "from the one asked.", "",
-        *sections])
+        *sections, *included_sections(path.parent)])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
