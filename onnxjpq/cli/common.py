@@ -202,3 +202,22 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
         return tuple(float(v) for v in split_commas((text,)))
     except ValueError:
         raise OptionError(f"{option} wants comma-separated numbers, got {text!r}") from None
+
+
+def at_most_cores(value: int, option: str, console) -> int:
+    """`value`, or the number of cores here when it asks for more (warning that it did)."""
+    from ..runtime.sessions import cpu_cores
+
+    cores = cpu_cores()
+    if value > cores:
+        console.print(f"warning: {option} {value} is more than the {cores} cores here; using {cores}")
+        return cores
+    return value
+
+
+def given_options(**options: str) -> list[str]:
+    """The flags (values of `options`, keyed by parameter name) the user gave on the command line,
+    as opposed to their defaults."""
+    ctx = click.get_current_context()
+    return [flag for name, flag in options.items()
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]

@@ -7,9 +7,24 @@ import json
 import click
 
 
-from .common import check_figure, make_console, progress_bar, progress_log, undo_on_failure, user_errors
+from .common import check_figure, given_options, make_console, progress_bar, progress_log, undo_on_failure, user_errors
 from .group import main
 from .options import data_aware_from, method_config, selection_from, with_data_aware, with_selection
+
+
+def _refuse_options_without_effect(activations: str, budget: bool) -> None:
+    """Options that the chosen mode never reads are refused rather than silently ignored."""
+    from ..errors import OptionError
+
+    unused = given_options(act_calibrate="--act-calibrate", act_snr="--act-snr", weights_qdq="--weights-qdq")
+    if unused and activations != "int8":
+        raise OptionError(f"{', '.join(unused)} only apply with --activations int8; without it they have "
+                          "no effect")
+    unused = given_options(min_bits="--min-bits", max_bits="--max-bits", pow2_bits="--pow2-bits",
+                           objective="--objective")
+    if unused and not budget:
+        raise OptionError(f"{', '.join(unused)} only apply to the budget modes (--rate, --size-kb, "
+                          "--max-drop); with --prune/--bits they have no effect")
 
 
 @main.command()
@@ -86,6 +101,8 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     from ..workflows.compress import compress_file
     from ..pipeline.report import print_report
 
+    _refuse_options_without_effect(activations, budget=rate is not None or size_kb is not None
+                                   or max_drop is not None)
     config = method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
                             pow2_bits, objective, max_drop, data_path, granularity)
     if metric != "auto":

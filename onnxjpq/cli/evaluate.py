@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 
-from .common import make_console, progress_bar, user_errors, write_json
+from .common import at_most_cores, make_console, progress_bar, user_errors, write_json
 from .group import main
 
 METRIC_CHOICES = ["auto", "accuracy", "agreement", "cosine", "snr"]
@@ -42,13 +42,10 @@ def eval_command(ref, cand, data, labels_key, metric, json_path, max_drop, batch
                  quiet):
     """Compare CAND with REF in onnxruntime: accuracy, top-1 agreement, output SNR, latency, size."""
     from ..errors import DataError, OptionError
-    from ..runtime.sessions import cpu_cores
     from ..workflows.evaluate import EvalConfig, check_drop, evaluate_files, print_evaluation, to_json
 
     console = make_console(quiet)
-    if threads > cpu_cores():
-        console.print(f"warning: --threads {threads} is more than the {cpu_cores()} cores here; using {cpu_cores()}")
-        threads = cpu_cores()
+    threads = at_most_cores(threads, "--threads", console)
     config = EvalConfig(batch=batch, threads=threads, runs=runs, warmup=warmup, labels_key=labels_key,
                         metric=metric)
     if max_drop is not None and not max_drop >= 0:

@@ -7,9 +7,12 @@ import json
 import click
 
 
-from .common import make_console, user_errors
+from .common import given_options, make_console, user_errors
 from .group import main
 from .options import method_config, selection_from, with_selection
+
+
+_METHOD_OPTIONS = {"--pow2-bits": ("djpq",), "--rho": ("admm",), "--retrain-epochs": ("admm", "djpq")}
 
 
 @main.command()
@@ -54,6 +57,10 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
     from ..errors import OptionError
     from ..finetune.cli import run_finetune
 
+    for flag, methods in _METHOD_OPTIONS.items():
+        if method not in methods and given_options(**{flag[2:].replace("-", "_"): flag}):
+            raise OptionError(f"{flag} only applies to --method {' and '.join(methods)}; with --method {method} "
+                              "it has no effect")
     if method in ("admm", "djpq"):
         from ..finetune.admm import AdmmConfig
         from ..finetune.djpq import DjpqConfig

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 
-from .common import make_console, parse_floats, progress_bar, user_errors
+from .common import at_most_cores, make_console, parse_floats, progress_bar, user_errors
 from .group import main
 
 
@@ -36,13 +36,15 @@ def sweep_command(src, data, prunes, bits, jobs, out_dir, labels_key, batch, plo
 
     from pathlib import Path
 
+    console = make_console(quiet)
+    if jobs is not None:
+        jobs = at_most_cores(jobs, "--jobs", console)
     config = SweepConfig(prunes=parse_floats(prunes, "--prune"), bits=parse_floats(bits, "--bits"),
                          jobs=default_jobs() if jobs is None else jobs, batch=batch, labels_key=labels_key,
                          plot_point=parse_point(plot_point) if plot_point else None, plot_drop=plot_drop)
     if plot:
         from ..workflows.plots import require_matplotlib
         require_matplotlib()
-    console = make_console(quiet)
     summary = sweep(src, data, out_dir, config, progress_bar(console, "sweep points"))
     print_sweep(summary, console)
     written = ["sweep.csv", "sweep.json"]

@@ -29,6 +29,20 @@ def check_granularity(granularity: str) -> None:
         raise OptionError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
 
 
+def resolved_granularity(granularity: str, bits: float | None, prune: float | None) -> str:
+    """"auto" is "channel" for a fixed plan of 8 bits and no pruning (the default command).
+
+    There the shared step only costs accuracy (on a real text recognizer 1.4 points
+    of character accuracy that per-channel int8 rounding keeps) for a few bits of
+    steps per channel. At fewer bits or with pruning, OPQ's shared step solves
+    better on small nets (the bundled lenet5 at --prune 0.8 --bits 4: 92.0 % with
+    the outlier test, 26.0 % per channel), so the outlier test stays there.
+    """
+    if granularity == "auto" and bits is not None and bits >= 8 and not prune:
+        return "channel"
+    return granularity
+
+
 def channel_ranges(values: np.ndarray, axis: int | None, groups: int, granularity: str) -> np.ndarray | None:
     """Each output channel's max |w| when the layer should get per-channel steps, else None."""
     if granularity == "layer" or axis is None or groups > 1 or values.ndim < 2:

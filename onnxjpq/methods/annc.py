@@ -151,6 +151,18 @@ def layer_options(values: np.ndarray, n_channels: int, sparsities: Sequence[floa
     return LayerOptions(*(np.array(c) for c in cols))
 
 
+def unbound_bit_limits(config: AnncConfig, widths: Sequence[int]) -> list[str]:
+    """Notes on the --min-bits/--max-bits set away from 2..8 that no layer's chosen width touches."""
+    notes = []
+    if widths and config.min_bits > 2 and min(widths) > config.min_bits:
+        notes.append(f"--min-bits {config.min_bits} did not bind: no layer is at {config.min_bits} bits "
+                     f"(the narrowest is {min(widths)})")
+    if widths and config.max_bits < 8 and max(widths) < config.max_bits:
+        notes.append(f"--max-bits {config.max_bits} did not bind: no layer is at {config.max_bits} bits "
+                     f"(the widest is {max(widths)})")
+    return notes
+
+
 def layer_codes(layer: WeightArray, plan: LayerPlan) -> np.ndarray:
     w = layer.values  # one read (a streamed layer reads its file)
     return quantize_codes(w, plan.mask_for(w), plan.step, plan.keep_survivors, plan.max_code)

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from .._version import __version__
-from ..core.channels import normalize, rescale
+from ..core.channels import normalize, rescale, resolved_granularity
 from ..errors import ModelError, OptionError, first_line
 from ..graph.io import proto_graphs
 from ..graph.layers import Selection, WeightLayer, find_layers, kept_names
@@ -150,7 +150,7 @@ def export_graph(graph: gs.Graph, original: onnx.ModelProto, int4: bool, metadat
 
 def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed: frozenset[str],
            float_params: int, output: OutputConfig, sensitivity: dict | None) -> CompressionPlan:
-    solver_layers, ranges = normalize(layers, config.granularity)
+    solver_layers, ranges = normalize(layers, granularity_of(config))
     if isinstance(config, AnncConfig):
         plan = solve_budget(solver_layers, layers, config, fixed, float_params, model, sensitivity)
     else:
@@ -158,6 +158,13 @@ def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed
             config = replace(config, fit_int4=False)
         plan = solve_opq(solver_layers, config, fixed)
     return rescale(plan, layers, ranges)
+
+
+def granularity_of(config: OpqConfig | AnncConfig) -> str:
+    """The granularity the solve uses: a fixed 8-bit plan's "auto" is per channel (core.channels)."""
+    if isinstance(config, OpqConfig):
+        return resolved_granularity(config.granularity, config.bits, config.prune)
+    return config.granularity
 
 
 def solve_budget(solver_layers, layers, config: AnncConfig, fixed: frozenset[str], n_float: int,
@@ -171,15 +178,44 @@ def solve_budget(solver_layers, layers, config: AnncConfig, fixed: frozenset[str
         shapes = tensor_shapes(model)
         macs = {l.name: layer_macs(l, shapes) for l in layers}
     reserved = 0.0 if config.objective == "bops" else 32.0 * n_float
-    return solve_annc(solver_layers, config, fixed, reserved=reserved, total_params=total,
-                      sensitivity=sensitivity, macs=macs, masks=masks)
+
+    def solve(config: AnncConfig) -> CompressionPlan:
+        return solve_annc(solver_layers, config, fixed, reserved=reserved, total_params=total,
+                          sensitivity=sensitivity, macs=macs, masks=masks)
+
+    plan = solve(config)
+    unchanged = [flag for flag, relaxed in relaxed_budgets(config).items()
+                 if _allocation(solve(relaxed)) == _allocation(plan)]
+    return replace(plan, diagnostics={**plan.diagnostics, "options_without_effect": unchanged})
+
+
+def relaxed_budgets(config: AnncConfig) -> dict[str, AnncConfig]:
+    """For each budget option set away from its default, the config without it."""
+    default = AnncConfig(rate=config.rate, size_kb=config.size_kb)
+    relaxed = {"--min-bits": replace(config, min_bits=default.min_bits),
+               "--max-bits": replace(config, max_bits=default.max_bits),
+               "--pow2-bits": replace(config, pow2=default.pow2)}
+    if config.objective != "bops":  # a BOPs rate is not a storage rate: without it the budget is another
+        relaxed["--objective"] = replace(config, objective=default.objective)
+    return {flag: c for flag, c in relaxed.items() if c != config}
+
+
+def _allocation(plan: CompressionPlan) -> tuple:
+    """Each layer's kept count, step and clip: what a budget option could change."""
+    return tuple((p.name, p.prune_count if p.mask is None else int(p.mask.sum()), p.step, p.max_code,
+                  None if p.channel_steps is None else p.channel_steps.tobytes()) for p in plan.layers)
 
 
 def solve_notes(plan: CompressionPlan, config) -> list[str]:
     """What the console should say about the solve."""
-    if plan.diagnostics.get("bits_target_met", True):
-        return []
-    return [f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits"]
+    notes = []
+    if not plan.diagnostics.get("bits_target_met", True):
+        notes.append(f"{config.bits:g} bits cannot be met with these layers and caps; see avg_bits")
+    unchanged = plan.diagnostics.get("options_without_effect")
+    if unchanged:
+        notes.append(f"{', '.join(unchanged)} had no effect: without {'it' if len(unchanged) == 1 else 'each'} "
+                     "the allocation is the same (every layer's sparsity, bits and steps)")
+    return notes
 
 
 def plan_model(model: onnx.ModelProto, config: OpqConfig | AnncConfig, selection: Selection = Selection(),

@@ -45,7 +45,8 @@ from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..core.channels import channel_ranges, rescale
-from .compress import export_graph, float_params, solve_budget, solve_notes, summarize, upgrade_for
+from .compress import (export_graph, float_params, granularity_of, solve_budget, solve_notes, summarize,
+                       upgrade_for)
 from ..errors import ModelError, OptionError
 from ..graph.io import ExternalWriter, external_span
 from ..graph.layers import Selection, Skipped, WeightLayer, all_graphs, find_layers, kept_names
@@ -287,7 +288,7 @@ def plan_streaming(model: onnx.ModelProto, base: Path, config: OpqConfig | AnncC
     masks), each layer's largest code, the layers skipped for NaN/Inf (name → reason) and
     the layers' sources."""
     _, layers, skipped, sources = _find(model, base, selection, {})
-    bad = scan(sources, config.granularity)
+    bad = scan(sources, granularity_of(config))
     if bad:
         earlier = sources
         _, layers, skipped, sources = _find(model, base, selection, bad)

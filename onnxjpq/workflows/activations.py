@@ -50,6 +50,8 @@ class ActivationConfig:
             raise OptionError(f"calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrate!r}")
         if self.samples < 1:
             raise OptionError(f"calibration samples must be >= 1, got {self.samples}")
+        if not (np.isfinite(self.min_snr_db) and self.min_snr_db >= 0):
+            raise OptionError(f"the activation SNR target must be a finite number of dB >= 0, got {self.min_snr_db}")
 
 
 class _Reader:
@@ -353,4 +355,9 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     elif info["kept_float"]:
         report["settings"]["notes"].append(f"{len(info['kept_float'])} activations kept in float to reach "
                                            f"{config.min_snr_db:g} dB")
+    if info["quantized"] == 0:
+        report["settings"]["notes"].append(
+            "every activation stayed in float, so the output has no int8 activation path: the calibrator "
+            f"({config.calibrate})" + (" and the weights' QDQ pairs" if config.weights_qdq else "")
+            + " had no effect; lower the SNR target (--act-snr) to quantize some")
     return qmodel, report

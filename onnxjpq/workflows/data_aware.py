@@ -39,7 +39,7 @@ from ..core.plan import CompressionPlan, LayerPlan
 from ..core.quant import dequantize, to_channels
 from ..errors import OptionError
 from ..graph.layers import Selection, WeightLayer, kept_names
-from ..methods.annc import AnncConfig
+from ..methods.annc import AnncConfig, unbound_bit_limits
 from ..methods.bias_correction import bias_shift
 from ..methods.layerwise import (SOLVERS, LayerOption, choose_target_damp, fp32_error, fp32_target,
                                  grouped, relative, solve_layer)
@@ -182,7 +182,9 @@ def _compress(model, config, selection, output, calib, options, log, scale: floa
         raise
     plan = CompressionPlan(tuple(e.plan for e in run.entries), f"data-aware-{options.solver}",
                            {} if total is None else {"budget": total})
-    settings = {"method": plan.method, "config": asdict(config), "notes": [],
+    widths = [e.option.bits for e in run.entries if e.table is not None and e.option is not None]
+    settings = {"method": plan.method, "config": asdict(config),
+                "notes": unbound_bit_limits(config, widths) if isinstance(config, AnncConfig) else [],
                 "data_aware": asdict(options) | {"stages": len(order)}}
     section = report_section(run, order, measure(run))
     run.template, run.feed = None, {}  # the weights they hold are not needed to write the model

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, OptionError
+from ..runtime.sessions import cpu_cores
 
 COLUMNS = ("prune", "bits", "prune_ratio", "avg_bits", "rate", "storage_rate", "bytes", "accuracy",
            "agreement", "snr_db", "model")
 
 
 def default_jobs() -> int:
-    return min(2, os.cpu_count() or 1)
+    return min(2, cpu_cores())
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def _point_name(stem: str, prune: float, bits: float) -> str:
 
 
 def _tasks(src: Path, data: str, out: Path, config: SweepConfig) -> list[PointTask]:
-    threads = max(1, (os.cpu_count() or 1) // config.jobs)
+    threads = max(1, cpu_cores() // config.jobs)
     models = out / "models"
     return [PointTask(str(src), str(models / (_point_name(src.stem, p, b) + ".onnx")), p, b, str(data),
                       config.batch, config.labels_key, threads) for p, b in config.grid()]

@@ -326,6 +326,30 @@ def test_eval_threads_beyond_the_cores_are_capped_with_a_warning(tmp_path):
     assert json.loads(out.read_text())["threads"] == cpu_cores()
 
 
+def test_sweep_jobs_beyond_the_cores_are_capped_with_a_warning(tmp_path):
+    done = _cli("sweep", LENET5, "--data", TEST, "--prune", 0, "--bits", 8, "--jobs", 1024, "--out", tmp_path / "s",
+                "--no-plot", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"--jobs 1024 is more than the {cpu_cores()} cores here; using {cpu_cores()}" in done.stderr
+    assert (tmp_path / "s" / "sweep.json").is_file()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["compress", MODELS, "-o", "out.onnx"], "Invalid value for 'SRC': File '"),
+    (["compress", LENET5, "-o", MODELS], "Invalid value for '-o' / '--output'"),
+    (["compress", LENET5, "-o", "out.onnx", "--calib", MODELS, "--rate", 8], "Invalid value for '--calib'"),
+    (["eval", LENET5, LENET5, "--data", TEST, "--json", MODELS], "Invalid value for '--json'"),
+    (["compress", LENET5, "-o", "out.onnx", "--bits", "four"], "'four' is not a valid float"),
+    (["compress", LENET5, "-o", "out.onnx", "--frobnicate"], "No such option '--frobnicate'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_usage_errors_are_one_line(args, match, tmp_path):
+    result = _invoke(*args)
+    line = _one_error(result, match)
+    assert line.endswith("--help')")
+    assert not Path("out.onnx").exists()
+
+
 def test_session_threads_are_bounded_by_the_cores():
     assert bounded_threads(1024) == cpu_cores() and bounded_threads(0) == 0 and bounded_threads(1) == 1
 
