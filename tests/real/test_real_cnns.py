@@ -10,7 +10,7 @@ Measured on the registry's default data (seed 0, `ZooCNN.samples` samples)
 with onnxjpq at b3c90a8, `onnxjpq compress model.onnx -o out.onnx` plus the
 options of each column; headline metric against fp32 (file ratio in brackets):
 
-    model        fp32 vs truth         --granularity channel     --rate 8              --prune 0.5 --bits 4
+    model        fp32 vs truth         per channel (the default) --rate 8              --prune 0.5 --bits 4
     ppocr_rec    char acc 1.000        char agr 1.000 (3.64x)    0.006 (5.03x)         0.006 (6.61x)
     ppocr_det    box F1 1.000          box F1 1.000 (3.54x)      1.000 (4.95x)         0.991 (6.21x)
     ppocr_cls    accuracy 0.992        top-1 agr 1.000 (2.19x)   0.953 (2.87x)         0.406 (3.05x)
@@ -67,16 +67,21 @@ def test_fp32_is_right_and_confident_on_the_generated_data(name, cnn_case):
 @pytest.mark.real
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_per_channel_int8_keeps_the_decisions(name, cnn_case, tmp_path):
+def test_the_default_command_keeps_the_decisions_like_per_channel_int8_rounding(name, cnn_case, rtn_int8, tmp_path):
+    """`onnxjpq compress model.onnx -o out.onnx` (8 bits) against plain per-channel int8 round to
+    nearest written without onnxjpq (issue 15: the default must be no worse)."""
     case = cnn_case(name)
     before = case.path.read_bytes()
     out = tmp_path / f"{name}.int8.onnx"
-    result = CliRunner().invoke(main, ["compress", str(case.path), "-o", str(out), "--granularity", "channel", "-q"])
+    result = CliRunner().invoke(main, ["compress", str(case.path), "-o", str(out), "-q"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert case.path.read_bytes() == before
     assert out.stat().st_size * 1.5 < len(before)
     metric = case.entry.evaluate(case.path, out, case.data, case.reference)
     assert metric[case.entry.headline] >= INT8_HEADLINE[name], metric
+    rtn = rtn_int8(case.path, tmp_path / f"{name}.rtn.onnx")
+    baseline = case.entry.evaluate(case.path, rtn, case.data, case.reference)
+    assert metric[case.entry.headline] >= baseline[case.entry.headline] - 0.002, (metric, baseline)
     fp32 = case.entry.truth(case.reference, case.data)[case.entry.truth_key]
     truth_key = {"ppocr_det": "truth_f1", "basicpitch": "truth_note_f1"}.get(name, case.entry.truth_key)
     assert metric[truth_key] >= fp32 - 0.03, (fp32, metric)

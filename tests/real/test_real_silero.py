@@ -44,7 +44,7 @@ def _model(name: str):
 
 
 @pytest.mark.parametrize("name", silero.MODEL_NAMES)
-def test_silero_export_compresses_with_defaults_and_keeps_its_decisions(name, clips, tmp_path):
+def test_silero_export_compresses_with_defaults_and_keeps_its_decisions(name, clips, rtn_int8, tmp_path):
     src = _model(name)
     before = src.read_bytes()
     out, report_path = tmp_path / "vad.onnx", tmp_path / "vad.json"
@@ -58,6 +58,8 @@ def test_silero_export_compresses_with_defaults_and_keeps_its_decisions(name, cl
     fidelity = silero.fidelity(_track(src, clips), _track(out, clips))
     assert fidelity["agreement"] >= 0.88, fidelity
     assert fidelity["mean_abs_diff"] < 0.1, fidelity
+    baseline = silero.fidelity(_track(src, clips), _track(rtn_int8(src, tmp_path / "rtn.onnx"), clips))
+    assert fidelity["agreement"] >= baseline["agreement"] - 0.002, (fidelity, baseline)  # issue 15: the default
 
 
 def test_synthetic_speech_is_heard_as_speech_and_pauses_as_silence():
