@@ -154,10 +154,16 @@ def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed
     if isinstance(config, AnncConfig):
         plan = solve_budget(solver_layers, layers, config, fixed, float_params, model, sensitivity)
     else:
-        if output.format != "qdq" or not output.int4:
-            config = replace(config, fit_int4=False)
-        plan = solve_opq(solver_layers, config, fixed)
+        plan = solve_opq(solver_layers, opq_for(config, output), fixed)
     return rescale(plan, layers, ranges)
+
+
+def opq_for(config: OpqConfig, output: OutputConfig) -> OpqConfig:
+    """OPQ fits the largest layers' codes into int4 where they are written as int4 codes, and in
+    float output too, so that `--format float` holds exactly the values `qdq` dequantizes to."""
+    if output.format in ("qdq", "float") and output.int4:
+        return config
+    return replace(config, fit_int4=False)
 
 
 def granularity_of(config: OpqConfig | AnncConfig) -> str:
@@ -186,6 +192,8 @@ def solve_budget(solver_layers, layers, config: AnncConfig, fixed: frozenset[str
     plan = solve(config)
     unchanged = [flag for flag, relaxed in relaxed_budgets(config).items()
                  if _allocation(solve(relaxed)) == _allocation(plan)]
+    if not unchanged:
+        return plan
     return replace(plan, diagnostics={**plan.diagnostics, "options_without_effect": unchanged})
 
 

@@ -128,8 +128,11 @@ def print_report(report: dict, console) -> None:
     for s in report["skipped"]:
         console.print(f"[dim]skipped {s['name']} ({s['op']} {'x'.join(map(str, s['shape']))}): {s['reason']}[/dim]")
     t = report["totals"]
+    config = report["settings"].get("config", {})
+    zeros = (f"pruned none ({t['prune_ratio']:.2%} rounded to zero)" if config.get("prune") == 0
+             and report["settings"].get("method") == "opq" else f"pruned {t['prune_ratio']:.2%}")
     console.print(
-        f"params {t['params']:,}  nonzero {t['nonzero']:,}  pruned {t['prune_ratio']:.2%}  "
+        f"params {t['params']:,}  nonzero {t['nonzero']:,}  {zeros}  "
         f"avg bits {t['avg_bits']:.2f}  rate {t['rate']:.1f}x  storage rate {t['storage_rate']:.1f}x  "
         f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({t['file_ratio']:.1f}x smaller)"
         + (f"  BOPs {t['bops_ratio']:.1f}x fewer" if t.get("bops_ratio") else ""))

@@ -45,7 +45,7 @@ from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..core.channels import channel_ranges, rescale
-from .compress import (export_graph, float_params, granularity_of, solve_budget, solve_notes, summarize,
+from .compress import (export_graph, float_params, granularity_of, opq_for, solve_budget, solve_notes, summarize,
                        upgrade_for)
 from ..errors import ModelError, OptionError
 from ..graph.io import ExternalWriter, external_span
@@ -300,9 +300,7 @@ def plan_streaming(model: onnx.ModelProto, base: Path, config: OpqConfig | AnncC
                             float_params(skipped), model, masks=False)
         plan = rescale(plan, layers, ranges)
         return plan, [_largest_code(p, s) for p, s in zip(plan.layers, sources)], bad, sources
-    if output.format != "qdq" or not output.int4:
-        config = replace(config, fit_int4=False)
-    plan = solve_sources(sources, config, kept_names(layers, selection))  # masks None: see `_rewrite`
+    plan = solve_sources(sources, opq_for(config, output), kept_names(layers, selection))  # masks None: see `_rewrite`
     plan = rescale(plan, layers, ranges)
     return plan, [_max_code(p, s.kept_max, s.kept_count) for p, s in zip(plan.layers, sources)], bad, sources
 
