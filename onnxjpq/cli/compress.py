@@ -12,19 +12,23 @@ from .group import main
 from .options import data_aware_from, method_config, selection_from, with_data_aware, with_selection
 
 
+def _listed(flags: list[str]) -> str:
+    return f"{', '.join(flags)} only apply" if len(flags) > 1 else f"{flags[0]} only applies"
+
+
 def _refuse_options_without_effect(activations: str, budget: bool) -> None:
     """Options that the chosen mode never reads are refused rather than silently ignored."""
     from ..errors import OptionError
 
     unused = given_options(act_calibrate="--act-calibrate", act_snr="--act-snr", weights_qdq="--weights-qdq")
     if unused and activations != "int8":
-        raise OptionError(f"{', '.join(unused)} only apply with --activations int8; without it they have "
-                          "no effect")
+        raise OptionError(f"{_listed(unused)} with --activations int8; without it "
+                          f"{'they have' if len(unused) > 1 else 'it has'} no effect")
     unused = given_options(min_bits="--min-bits", max_bits="--max-bits", pow2_bits="--pow2-bits",
                            objective="--objective")
     if unused and not budget:
-        raise OptionError(f"{', '.join(unused)} only apply to the budget modes (--rate, --size-kb, "
-                          "--max-drop); with --prune/--bits they have no effect")
+        raise OptionError(f"{_listed(unused)} to the budget modes (--rate, --size-kb, --max-drop); "
+                          f"with --prune/--bits {'they have' if len(unused) > 1 else 'it has'} no effect")
 
 
 @main.command()
@@ -48,8 +52,10 @@ def _refuse_options_without_effect(activations: str, budget: bool) -> None:
               help=".npz of model inputs: every layer is solved on the inputs it sees on them (data-aware "
                    "compression, in every mode), and --activations int8 is calibrated on them.")
 @with_data_aware
-@click.option("--activations", type=click.Choice(["float", "int8"]), default="float", show_default=True,
-              help="int8: also quantize activations (full QDQ model, integer kernels), calibrated on --calib.")
+@click.option("--activations", type=click.Choice(["float", "int8", "dynamic"]), default="float", show_default=True,
+              help="int8: also quantize activations (full QDQ model, integer kernels), calibrated on --calib; "
+                   "dynamic: int8 MatMul/Gemm inputs quantized at run time (no calibration needed; with "
+                   "--calib the output SNR and latency against fp32 are measured).")
 @click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="onnxruntime calibrator for the activation ranges.")
 @click.option("--act-snr", type=float, default=25.0, show_default=True,
@@ -119,8 +125,8 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     if plot_dir:  # before any work: a figure that cannot be drawn must not leave a model behind
         from ..graph.io import model_inputs
         check_figure(plot_dir, "layers.png", model_inputs(src), [("output", dst), ("report", report_path)])
-    act = (ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq)
-           if activations == "int8" else None)
+    act = {"int8": ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq),
+           "dynamic": ActivationConfig(mode="dynamic")}.get(activations)
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
                            report_path=report_path, progress=progress_bar(console, "compressing layers"),
                            calib=calib, activations=act, log=progress_log(console), data_aware=data_aware)

@@ -44,8 +44,11 @@ class ActivationConfig:
     min_snr_db: float = 25.0
     samples: int = 128
     weights_qdq: bool = False
+    mode: str = "static"  # "dynamic": workflows.dynamic (MatMul/Gemm, no calibration needed)
 
     def __post_init__(self):
+        if self.mode not in ("static", "dynamic"):
+            raise OptionError(f"activation mode must be static or dynamic, got {self.mode!r}")
         if self.calibrate not in CALIBRATORS:
             raise OptionError(f"calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrate!r}")
         if self.samples < 1:

@@ -21,6 +21,7 @@ from ..pipeline.stream import compress_streaming
 from ..runtime.data import load_dataset
 from ..runtime.sessions import open_session
 from .activations import ActivationConfig, compress_with_activations
+from .dynamic import compress_dynamic
 from .data_aware import DataAwareConfig, compress_data_aware
 from .search import SearchConfig, search_rate
 
@@ -32,6 +33,13 @@ def _run(model, config, selection, output, activations, progress, calib, log=Non
     def dataset(path):  # one clear error for a model onnxruntime rejects, before any data is read
         return load_dataset(path, open_session(model))
 
+    if activations is not None and activations.mode == "dynamic":
+        if isinstance(config, SearchConfig):
+            raise OptionError("--max-drop searches weight compression only; drop --activations")
+        out, report = compress_dynamic(model, config, selection, output, dataset(calib) if calib else None,
+                                       progress)
+        check_output(out, output.check_runtime)
+        return out, report
     if activations is not None:
         if calib is None:
             raise OptionError("activation quantization needs calibration data (--calib DATA.npz)")

@@ -1,0 +1,151 @@
+"""Dynamic int8 activations for MatMul and Gemm (`--activations dynamic`).
+
+onnxruntime's dynamic path quantizes each MatMul/Gemm input at run time
+(DynamicQuantizeLinear, then MatMulInteger on int8 weights), so it needs no
+calibration data and has no activation ranges to get wrong: it is the fast path
+for transformers, whose activation outliers defeat static int8.
+
+The weights are onnxjpq's: the weight compression is solved first (any method),
+onnxruntime.quantization.quantize_dynamic writes the integer graph, and every
+weight it quantized gets onnxjpq's codes and steps in place of its own rounding
+(one step per output channel, zero point 0), so the file holds exactly the
+values the report describes. Weights of other ops (Conv, ...) stay float.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ModelError, first_line
+from ..runtime.data import Dataset
+from ..runtime.sessions import fixed_batch, median_latency_ms, run_samples, session
+from .activations import _constants_as_initializers, _quiet, output_snr_db
+
+DYNAMIC_OPS = ("MatMul", "Gemm")
+TIMED_RUNS, WARMUP_RUNS, TIMING_THREADS = 20, 3, 1
+
+
+def _quantize_dynamic(model: onnx.ModelProto, tmp: Path, ops: tuple[str, ...]) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = tmp / "float.onnx", tmp / "dynamic.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="float.onnx.data", size_threshold=1024)
+    try:
+        with _quiet():
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(ops), per_channel=True,
+                             weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    except Exception as exc:  # onnxruntime.quantization raises many types, with multi-line messages
+        raise ModelError(f"onnxruntime's dynamic quantizer failed on this model: {first_line(exc)}") from exc
+    return onnx.load(str(dst))
+
+
+def channel_codes(values: np.ndarray, steps) -> np.ndarray:
+    """The integer codes of weights that are multiples of their steps."""
+    return np.rint(values / steps).astype(np.int32)
+
+
+def _ort_layout(codes: np.ndarray, steps, transposed: bool, shape: list[int],
+                scale_dims: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Our codes and steps in the layout of onnxruntime's quantized weight (`shape`, channels on
+    the last axis; a scale of `scale_dims`), or None where they do not fit it."""
+    full = np.broadcast_to(np.asarray(steps, np.float32), codes.shape)
+    if transposed:
+        codes, full = codes.T, full.T
+    if codes.ndim != 2 or list(codes.shape) != shape or not (full == full[:1]).all():
+        return None  # not one step per output column
+    scale = full[0]
+    size = int(np.prod(scale_dims)) if scale_dims else 1
+    if size != scale.size:
+        if size != 1 or not (scale == scale[0]).all():
+            return None
+        scale = scale[:1]
+    return codes.astype(np.int8), np.ascontiguousarray(scale).reshape(scale_dims)
+
+
+def feed_codes(qmodel: onnx.ModelProto, layers: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """Replace onnxruntime's rounding of each weight by onnxjpq's codes and steps; the names fed."""
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    fed = []
+    for name, (codes, steps) in layers.items():
+        for prefix, transposed in ((name, False), (f"{name}_Transposed", True)):
+            q, scale = inits.get(f"{prefix}_quantized"), inits.get(f"{prefix}_scale")
+            if q is None or scale is None or q.data_type != onnx.TensorProto.INT8:
+                continue
+            ours = _ort_layout(codes, steps, transposed, list(q.dims), list(scale.dims))
+            if ours is not None:
+                q.CopyFrom(numpy_helper.from_array(ours[0], q.name))
+                scale.CopyFrom(numpy_helper.from_array(ours[1], scale.name))
+                fed.append(name)
+            break
+    return fed
+
+
+def _measure(reference: onnx.ModelProto, qmodel: onnx.ModelProto, data: Dataset, samples: int = 32) -> dict:
+    """Output SNR against the fp32 model and the latency ratio at one thread (median of runs)."""
+    ref_sess, cand_sess = session(reference, TIMING_THREADS), session(qmodel, TIMING_THREADS)
+    snr = output_snr_db(run_samples(ref_sess, data.inputs, samples), run_samples(cand_sess, data.inputs, samples))
+    batch = fixed_batch(ref_sess) or 1
+    feed = {k: v[:batch] for k, v in data.inputs.items()}
+    ref_ms, cand_ms = median_latency_ms([ref_sess, cand_sess], feed, TIMED_RUNS, WARMUP_RUNS)
+    return {"output_snr_db": snr, "latency_ms": cand_ms, "fp32_latency_ms": ref_ms,
+            "latency_ratio": cand_ms / ref_ms if ref_ms else None, "threads": TIMING_THREADS,
+            "timing": f"batch {batch}, median of {TIMED_RUNS} runs after {WARMUP_RUNS} warm-up runs"}
+
+
+def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, calib: Dataset | None = None,
+                     progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Compress the weights (any method, 8 bits or fewer), then write onnxruntime's dynamic int8
+    graph for MatMul and Gemm fed with those codes; with `calib`, measure it against fp32."""
+    from ..pipeline.compress import apply_plan, plan_model
+
+    float_output = replace(output, format="float", int4=False)
+    plan = plan_model(model, weights_config, selection, float_output)
+    compressed, report = apply_plan(model, plan, selection, float_output,
+                                    {"method": plan.method, "config": asdict(weights_config), "notes": []},
+                                    progress)
+    values = {t.name: t for t in compressed.graph.initializer}
+    layers = {}
+    for p in plan.layers:
+        if p.name in values:
+            w = numpy_helper.to_array(values[p.name])
+            steps = np.asarray(p.steps_for(w.shape), np.float32)
+            layers[p.name] = (channel_codes(w, steps), steps)
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(compressed)
+    with tempfile.TemporaryDirectory(prefix="onnxjpq-dyn-") as tmp:
+        ops = (*DYNAMIC_OPS, "Gather") if selection.embeddings else DYNAMIC_OPS
+        qmodel = _quantize_dynamic(_constants_as_initializers(prepared), Path(tmp), ops)
+    fed = feed_codes(qmodel, layers)
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(qmodel, key, getattr(compressed, key))
+    del qmodel.metadata_props[:]
+    qmodel.metadata_props.extend(compressed.metadata_props)
+    names = {t.name for t in qmodel.graph.initializer}
+    requantized = sorted(n for n in set(layers) - set(fed)
+                         if f"{n}_quantized" in names or f"{n}_Transposed_quantized" in names)
+    kept_float = sorted(set(layers) - set(fed) - set(requantized))
+    for row in report["layers"]:
+        row["container"] = ("int8 (dynamic)" if row["name"] in fed else
+                            "onnxruntime int8" if row["name"] in requantized else "float32")
+    info = {"mode": "dynamic", "ops": list(ops), "int8_layers": len(fed), "requantized_layers": requantized,
+            "float_layers": kept_float}
+    notes = report["settings"]["notes"]
+    if requantized:
+        notes.append(f"{len(requantized)} weights (embedding tables read by Gather) are stored with onnxruntime's "
+                     "own 8-bit rounding, one step per tensor, not onnxjpq's codes")
+    if kept_float:
+        notes.append(f"{len(kept_float)} compressed weights stay float32 (dequantized): dynamic int8 covers "
+                     f"{' and '.join(DYNAMIC_OPS)} weights onnxruntime quantizes per output channel")
+    if calib is not None:
+        info |= _measure(model, qmodel, calib)
+        notes.append(f"dynamic int8 measured on the calibration inputs: output SNR {info['output_snr_db']:.1f} dB "
+                     f"against fp32, latency {info['latency_ratio']:.2f}x fp32's ({info['timing']}, "
+                     f"{TIMING_THREADS} thread)")
+    report["settings"]["activations"] = info
+    return qmodel, report
