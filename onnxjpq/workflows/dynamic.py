@@ -24,25 +24,35 @@ from onnx import numpy_helper
 
 from ..errors import ModelError, first_line
 from ..runtime.data import Dataset
-from ..runtime.sessions import fixed_batch, median_latency_ms, run_samples, session
-from .activations import _constants_as_initializers, _quiet, output_snr_db
+from ..runtime.sessions import ORT_ERRORS, fixed_batch, median_latency_ms, run_samples, session
+from .activations import _constants_as_initializers, _named, _quiet, output_snr_db
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 TIMED_RUNS, WARMUP_RUNS, TIMING_THREADS = 20, 3, 1
 
 
-def _quantize_dynamic(model: onnx.ModelProto, tmp: Path, ops: tuple[str, ...]) -> onnx.ModelProto:
+def _quantize_dynamic(model: onnx.ModelProto, tmp: Path, ops: tuple[str, ...], weights: set[str]) -> onnx.ModelProto:
+    """onnxruntime's dynamic graph for the `ops` nodes that read one of `weights` (the others,
+    e.g. a float16 MatMul onnxjpq left alone, stay as they are)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = _named(model)
+    others = [n.name for n in model.graph.node if n.op_type in ops and not weights & set(n.input)]
     src, dst = tmp / "float.onnx", tmp / "dynamic.onnx"
     onnx.save_model(model, str(src), save_as_external_data=True, location="float.onnx.data", size_threshold=1024)
     try:
         with _quiet():
-            quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(ops), per_channel=True,
-                             weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(ops), nodes_to_exclude=others,
+                             per_channel=True, weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
     except Exception as exc:  # onnxruntime.quantization raises many types, with multi-line messages
         raise ModelError(f"onnxruntime's dynamic quantizer failed on this model: {first_line(exc)}") from exc
-    return onnx.load(str(dst))
+    qmodel = onnx.load(str(dst))
+    try:
+        session(qmodel)
+    except ORT_ERRORS as exc:
+        raise ModelError(f"onnxruntime's dynamic quantizer wrote a model onnxruntime rejects: {first_line(exc)}") \
+            from exc
+    return qmodel
 
 
 def channel_codes(values: np.ndarray, steps) -> np.ndarray:
@@ -120,7 +130,7 @@ def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, 
     prepared.CopyFrom(compressed)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-dyn-") as tmp:
         ops = (*DYNAMIC_OPS, "Gather") if selection.embeddings else DYNAMIC_OPS
-        qmodel = _quantize_dynamic(_constants_as_initializers(prepared), Path(tmp), ops)
+        qmodel = _quantize_dynamic(_constants_as_initializers(prepared), Path(tmp), ops, set(layers))
     fed = feed_codes(qmodel, layers)
     for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(qmodel, key, getattr(compressed, key))

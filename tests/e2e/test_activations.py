@@ -174,3 +174,28 @@ def test_a_model_onnxruntime_cannot_run_on_the_data_is_a_one_line_error(tmp_path
         assert result.exit_code == 2, result.output
         assert "onnxruntime cannot run the model on these inputs" in result.output
         assert "Traceback" not in result.output and not out.exists()
+
+
+def test_an_all_zero_layer_gets_zero_codes_and_a_usable_scale(tmp_path):
+    """Its step is 0; onnxruntime divided by it (NaN codes, numpy warnings) before the override used 1."""
+    import warnings
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxjpq.testing import laplace
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Relu", ["z"], ["r"]),
+         helper.make_node("MatMul", ["r", "V"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.zeros((16, 8), np.float32), "W"), numpy_helper.from_array(laplace((8, 4)), "V")])
+    src, out, calib = tmp_path / "m.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--calib", str(calib),
+                                           "--activations", "int8", "--min-params", "1"])
+    assert result.exit_code == 0, result.output
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert not inits["W_quantized"].any() and (inits["W_scale"] > 0).all()

@@ -93,3 +93,27 @@ def test_ort_layout_transposes_and_refuses_steps_that_are_not_per_column():
     assert _ort_layout(codes, steps, False, [2, 3], [3]) is None  # rows differ: no per-column scale fits
     shared = _ort_layout(codes, np.float32(0.5), False, [2, 3], [])
     assert shared is not None and shared[1].shape == ()
+
+
+def test_only_the_nodes_of_compressed_weights_are_quantized(tmp_path):
+    """A float16 MatMul onnxjpq leaves alone: onnxruntime's dynamic quantizer would have written
+    a DynamicQuantizeLinear on its float16 input, which onnxruntime then rejects."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["xf", "W"], ["z"]),
+         helper.make_node("Cast", ["z"], ["zh"], to=TensorProto.FLOAT16), helper.make_node("MatMul", ["zh", "V"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])],
+        [numpy_helper.from_array(rng.laplace(size=(16, 8)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.laplace(size=(8, 4)).astype(np.float16), "V")])
+    src, out = tmp_path / "mixed.onnx", tmp_path / "out.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--activations", "dynamic",
+                                       "--min-params", "1"])
+    assert result.exit_code == 0, result.output
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("MatMulInteger") == 1 and ops.count("MatMul") == 1
+    x = rng.standard_normal((4, 16)).astype(np.float16)
+    assert run(str(out), {"x": x})[0].shape == (4, 4)
