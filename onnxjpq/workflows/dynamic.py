@@ -24,11 +24,10 @@ from onnx import numpy_helper
 
 from ..errors import ModelError, first_line
 from ..runtime.data import Dataset
-from ..runtime.sessions import ORT_ERRORS, fixed_batch, median_latency_ms, run_samples, session
-from .activations import _constants_as_initializers, _named, _quiet, output_snr_db
+from ..runtime.sessions import ORT_ERRORS, session
+from .activations import _constants_as_initializers, _named, _quiet, measure_against_fp32, measured_note
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
-TIMED_RUNS, WARMUP_RUNS, TIMING_THREADS = 20, 3, 1
 
 
 def _quantize_dynamic(model: onnx.ModelProto, tmp: Path, ops: tuple[str, ...], weights: set[str]) -> onnx.ModelProto:
@@ -96,18 +95,6 @@ def feed_codes(qmodel: onnx.ModelProto, layers: dict[str, tuple[np.ndarray, np.n
     return fed
 
 
-def _measure(reference: onnx.ModelProto, qmodel: onnx.ModelProto, data: Dataset, samples: int = 32) -> dict:
-    """Output SNR against the fp32 model and the latency ratio at one thread (median of runs)."""
-    ref_sess, cand_sess = session(reference, TIMING_THREADS), session(qmodel, TIMING_THREADS)
-    snr = output_snr_db(run_samples(ref_sess, data.inputs, samples), run_samples(cand_sess, data.inputs, samples))
-    batch = fixed_batch(ref_sess) or 1
-    feed = {k: v[:batch] for k, v in data.inputs.items()}
-    ref_ms, cand_ms = median_latency_ms([ref_sess, cand_sess], feed, TIMED_RUNS, WARMUP_RUNS)
-    return {"output_snr_db": snr, "latency_ms": cand_ms, "fp32_latency_ms": ref_ms,
-            "latency_ratio": cand_ms / ref_ms if ref_ms else None, "threads": TIMING_THREADS,
-            "timing": f"batch {batch}, median of {TIMED_RUNS} runs after {WARMUP_RUNS} warm-up runs"}
-
-
 def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, calib: Dataset | None = None,
                      progress=None) -> tuple[onnx.ModelProto, dict]:
     """Compress the weights (any method, 8 bits or fewer), then write onnxruntime's dynamic int8
@@ -153,9 +140,7 @@ def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, 
         notes.append(f"{len(kept_float)} compressed weights stay float32 (dequantized): dynamic int8 covers "
                      f"{' and '.join(DYNAMIC_OPS)} weights onnxruntime quantizes per output channel")
     if calib is not None:
-        info |= _measure(model, qmodel, calib)
-        notes.append(f"dynamic int8 measured on the calibration inputs: output SNR {info['output_snr_db']:.1f} dB "
-                     f"against fp32, latency {info['latency_ratio']:.2f}x fp32's ({info['timing']}, "
-                     f"{TIMING_THREADS} thread)")
+        info |= measure_against_fp32(model, qmodel, calib)
+        notes.append(measured_note("dynamic int8", info))
     report["settings"]["activations"] = info
     return qmodel, report

@@ -63,7 +63,7 @@ def test_with_calibration_data_fidelity_and_latency_are_measured(tmp_path):
     _, report = _compress(tmp_path, LENET300, "dyn", "--activations", "dynamic", "--calib",
                           MODELS / "lenet300_test.npz")
     info = report["settings"]["activations"]
-    assert info["output_snr_db"] > 15 and info["latency_ratio"] > 0 and info["threads"] == 1
+    assert info["fp32_snr_db"] > 15 and info["latency_ratio"] > 0 and info["threads"] == 1
     assert any(n.startswith("dynamic int8 measured on the calibration inputs") for n in report["settings"]["notes"])
 
 
