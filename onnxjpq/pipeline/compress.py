@@ -159,11 +159,9 @@ def _solve(model: onnx.ModelProto, layers, config: OpqConfig | AnncConfig, fixed
 
 
 def opq_for(config: OpqConfig, output: OutputConfig) -> OpqConfig:
-    """OPQ fits the largest layers' codes into int4 where they are written as int4 codes, and in
-    float output too, so that `--format float` holds exactly the values `qdq` dequantizes to."""
-    if output.format in ("qdq", "float") and output.int4:
-        return config
-    return replace(config, fit_int4=False)
+    """OPQ fits the largest layers' codes into int4 unless --no-int4, in every format, so that the
+    formats hold the same values and differ only in how they store them."""
+    return config if output.int4 else replace(config, fit_int4=False)
 
 
 def granularity_of(config: OpqConfig | AnncConfig) -> str:
