@@ -323,6 +323,15 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
     return qmodel, info
 
 
+def carry_model_info(qmodel: onnx.ModelProto, compressed: onnx.ModelProto) -> None:
+    """The compressed model's producer fields and metadata (onnxjpq's report) onto what
+    onnxruntime's quantizer wrote."""
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(qmodel, key, getattr(compressed, key))
+    del qmodel.metadata_props[:]
+    qmodel.metadata_props.extend(compressed.metadata_props)
+
+
 def _bisect_float(attempt, ranked: list[str], target: float):
     """Fewest worst-ranked activations to keep in float so that the SNR reaches `target`."""
     lo, hi = 0, len(ranked)  # lo fails; hi: everything float
@@ -363,10 +372,7 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     if np.isnan(info["output_snr_db"]):  # never write a model whose measured fidelity is undefined
         raise DataError("the activation-quantized model's output SNR on the calibration data is NaN (the "
                         "model's outputs on it hold NaN or Inf); nothing was written")
-    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(qmodel, key, getattr(compressed, key))
-    del qmodel.metadata_props[:]
-    qmodel.metadata_props.extend(compressed.metadata_props)
+    carry_model_info(qmodel, compressed)
     for row in report["layers"]:
         row["container"] = info["weights"]
         if row["bops"] is not None:

@@ -25,7 +25,8 @@ from onnx import numpy_helper
 from ..errors import ModelError, first_line
 from ..runtime.data import Dataset
 from ..runtime.sessions import ORT_ERRORS, session
-from .activations import _constants_as_initializers, _named, _quiet, measure_against_fp32, measured_note
+from .activations import (_constants_as_initializers, _named, _quiet, carry_model_info, measure_against_fp32,
+                          measured_note)
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
@@ -119,10 +120,7 @@ def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, 
         ops = (*DYNAMIC_OPS, "Gather") if selection.embeddings else DYNAMIC_OPS
         qmodel = _quantize_dynamic(_constants_as_initializers(prepared), Path(tmp), ops, set(layers))
     fed = feed_codes(qmodel, layers)
-    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(qmodel, key, getattr(compressed, key))
-    del qmodel.metadata_props[:]
-    qmodel.metadata_props.extend(compressed.metadata_props)
+    carry_model_info(qmodel, compressed)
     names = {t.name for t in qmodel.graph.initializer}
     requantized = sorted(n for n in set(layers) - set(fed)
                          if f"{n}_quantized" in names or f"{n}_Transposed_quantized" in names)

@@ -34,25 +34,19 @@ def _refused(result, *matches: str) -> None:
         assert match in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("options, flags", [
-    (["--act-snr", "30"], "--act-snr only applies"),
-    (["--act-calibrate", "entropy", "--weights-qdq"], "--act-calibrate, --weights-qdq only apply"),
-    (["--rate", "8", "--act-snr", "30"], "--act-snr only applies"),
+@pytest.mark.parametrize("options, flags, mode", [
+    (["--act-snr", "30"], "--act-snr only applies", "with --activations int8"),
+    (["--act-calibrate", "entropy", "--weights-qdq"], "--act-calibrate, --weights-qdq only apply",
+     "with --activations int8"),
+    (["--rate", "8", "--act-snr", "30"], "--act-snr only applies", "with --activations int8"),
+    (["--min-bits", "3"], "--min-bits only applies", "to the budget modes"),
+    (["--prune", "0.5", "--pow2-bits", "--objective", "bops"], "--pow2-bits, --objective only apply",
+     "to the budget modes"),
+    (["--bits", "4", "--max-bits", "6"], "--max-bits only applies", "to the budget modes"),
 ])
-def test_activation_options_without_int8_activations_are_refused(options, flags, tmp_path):
+def test_options_the_mode_never_reads_are_refused(options, flags, mode, tmp_path):
     out = tmp_path / "out.onnx"
-    _refused(_run("compress", LENET5, "-o", out, *options), flags, "with --activations int8")
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("options, flags", [
-    (["--min-bits", "3"], "--min-bits only applies"),
-    (["--prune", "0.5", "--pow2-bits", "--objective", "bops"], "--pow2-bits, --objective only apply"),
-    (["--bits", "4", "--max-bits", "6"], "--max-bits only applies"),
-])
-def test_budget_options_outside_the_budget_modes_are_refused(options, flags, tmp_path):
-    out = tmp_path / "out.onnx"
-    _refused(_run("compress", LENET5, "-o", out, *options), flags, "to the budget modes")
+    _refused(_run("compress", LENET5, "-o", out, *options), flags, mode)
     assert not out.exists()
 
 
