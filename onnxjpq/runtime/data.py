@@ -277,7 +277,8 @@ def _items(spec: str, func: Callable) -> Iterator:
         yield produced
         return
     if produced is None or isinstance(produced, (str, bytes)) or not hasattr(produced, "__iter__"):
-        raise DataError(f"--data {spec}: the function returned {'None' if produced is None else type(produced).__name__}; return or yield "
+        kind = "None" if produced is None else type(produced).__name__
+        raise DataError(f"--data {spec}: the function returned {kind}; return or yield "
                         "dicts of input name -> batch array")
     iterator = _guarded(spec, "iterating over what it returned", lambda: iter(produced))
     for i in itertools.count():

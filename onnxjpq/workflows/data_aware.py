@@ -339,8 +339,9 @@ def _stage_inputs(run: _Run, stage: list[_Entry], fp32: dict | None) -> dict[str
         return out
     stats = fp32 if fp32 is not None else capture_stats(*args)
     for e in stage:
-        out[e.name] = _Inputs(grouped(stats[e.name].xxt, e.view.rows, stats[e.name].count), e.view.matrix(e.layer.values).astype(
-            np.float64), stats[e.name].mean, e.mean_target)
+        s = stats[e.name]
+        weights = e.view.matrix(e.layer.values).astype(np.float64)
+        out[e.name] = _Inputs(grouped(s.xxt, e.view.rows, s.count), weights, s.mean, e.mean_target)
     return out
 
 

@@ -62,7 +62,8 @@ def _window(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         t = np.arange(last - first) / RATE
         k = np.arange(1, int(8000 // f0) + 1)
         amplitude = rng.uniform(0.5, 1.0, len(k)) / k
-        tone = (amplitude[:, None] * np.sin(2 * np.pi * f0 * k[:, None] * t + rng.uniform(0, 6.3, len(k))[:, None])).sum(0)
+        phase = rng.uniform(0, 6.3, len(k))[:, None]
+        tone = (amplitude[:, None] * np.sin(2 * np.pi * f0 * k[:, None] * t + phase)).sum(0)
         envelope = np.minimum(1.0, t / 0.01) * np.exp(-t * rng.uniform(0.5, 3.0))
         audio[first:last] += rng.uniform(0.2, 0.5) * tone * envelope / amplitude.sum() * 2
         roll[int(np.ceil(start * RATE / HOP)):min(FRAMES, int((start + length) * RATE / HOP)), midi - LOWEST] = 1
