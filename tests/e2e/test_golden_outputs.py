@@ -78,7 +78,19 @@ def run_case(case: str, folder: Path) -> str:
     return digest(out)
 
 
+# numpy dispatches its float32 reductions by CPU (AVX-512 kernels sum in another order), which
+# moves these cases' solved thresholds by one ulp: their hashes on an AVX-512 CPU (numpy X86_V4).
+# Checked: with NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL" such a CPU gives the GOLDEN hashes.
+GOLDEN_AVX512 = {
+    'lenet300 --prune 0.8 --bits 4': '8be727586f01f6da44ad93d2f27fc67c1c6a5240183059a2b774f1f143d230a1',
+    'lenet300 external --prune 0.5 --bits 4 (streaming)':
+        '3ad8d988f7d9d54073bae9e2692284d7f59859fc240d1ac265a07b76946f2b12',
+    'lenet300 external --prune 0.8 --bits 4 --format float (streaming)':
+        '835a80685aab4422f7f0e4b2b98916db668cfa6ba9d24064124871b8b3adcd57',
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_output_bytes_are_those_of_the_commit_before_the_layout(case, tmp_path):
-    assert run_case(case, tmp_path) == GOLDEN[case]
+    assert run_case(case, tmp_path) in {GOLDEN[case], GOLDEN_AVX512.get(case)}
