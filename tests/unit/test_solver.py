@@ -92,7 +92,7 @@ def test_laplace_mode_prunes_each_layer_at_its_predicted_ratio(layers, prune):
         pruned = int((~p.mask).sum())
         assert abs(pruned - p.predicted_prune_ratio * layer.values.size) < 1
         # the ratios come from one threshold: 1 - exp(-s/τ) with τ = mean |w|
-        tau = float(np.abs(layer.values).mean())
+        tau = float(np.abs(layer.values).mean(dtype=np.float64))  # as stats.laplace_scale sums
         s = plan.diagnostics["laplace_threshold"]
         assert p.predicted_prune_ratio == pytest.approx(-np.expm1(-s / tau), rel=1e-9)
 
