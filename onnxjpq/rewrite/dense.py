@@ -6,7 +6,6 @@ Cast stays float16), so the graph around it is unchanged.
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..graph.layers import WeightLayer
 from ..graph.values import stored_dtype

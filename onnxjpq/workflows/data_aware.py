@@ -44,12 +44,14 @@ from ..methods.bias_correction import bias_shift
 from ..methods.layerwise import (SOLVERS, LayerOption, choose_target_damp, fp32_error, fp32_target,
                                  grouped, relative, solve_layer)
 from ..methods.opq import OpqConfig
-from ..pipeline.compress import OutputConfig, apply_plan, find_graph_layers, plan_model
+from ..pipeline.compress import OutputConfig, apply_plan, find_graph_layers
 from ..rewrite.bias import BiasSite, bias_site, bias_tensor_name, current_bias, ensure_bias
-from ..runtime.capture import LayerView, capture_pairs, capture_stats, layer_view, merge_pairs
+from ..runtime.capture import capture_pairs, capture_stats, merge_pairs
+from ..runtime.layer_view import LayerView, layer_view
 from ..runtime.data import Dataset
 from ..runtime.probe import make_template, stages
 from . import data_budget as budget
+from .data_options import fixed_options, grids
 from .data_report import measure, report_section
 
 
@@ -163,15 +165,15 @@ def _compress(model, config, selection, output, calib, options, log, scale: floa
         macs = budget.bops_macs(model, run.entries) if config.objective == "bops" else {}
         total = scale * budget.budget_total(config, run.entries, run.skipped, macs)
         fp32 = _fp32_pass(run, captured, True, lambda chunk, stats: budget.score_tables(
-            run, chunk, stats, macs, _grids))
-        budget.score_tables(run, [e for e in run.entries if not e.captured], {}, macs, _grids)
+            run, chunk, stats, macs, grids))
+        budget.score_tables(run, [e for e in run.entries if not e.captured], {}, macs, grids)
         for (name, index), zeros in known.items():
             next(e for e in run.entries if e.name == name).table.estimates.zeros[index] = zeros
         run.weights = budget.layer_weights(run)
     else:
         paired = options.sequential and options.fp32_target  # the stages capture the fp32 means too
         fp32 = {} if paired else _fp32_pass(run, captured, not options.sequential, None)
-        _fixed_options(run, selection, output)
+        fixed_options(run, selection, output)
     order = (stages(run.template.model, [(e.name, e.view.tensors) for e in captured]) if options.sequential
              else [[e.name for e in captured]])
     try:
@@ -244,39 +246,6 @@ def _fp32_pass(run: _Run, entries: list[_Entry], full: bool, on_chunk) -> dict:
             chunk.append(entry)
             held += size
     return stats
-
-
-def _grids(entry: _Entry, granularity: str) -> tuple[bool, ...]:
-    """The step grids a layer may use: per channel (where its rows are its channels) or one."""
-    if entry.view.channel_of_row is None:
-        return (False,)
-    if granularity == "layer":  # GPTQ solves groups apart: each gets its own steps
-        return (False,) if entry.view.groups == 1 else (True,)
-    return (True,) if granularity == "channel" else (True, False)
-
-
-def _fixed_options(run: _Run, selection: Selection, output: OutputConfig) -> None:
-    """--prune/--bits: each layer's sparsity from the data-free OPQ plan, one code width for all
-    (the largest code of `bits`-bit storage, floor((2^bits - 1)/2)) but 8 bits for the kept layers."""
-    config = run.config
-    ratios = {}
-    if config.prune > 0:
-        values = {e.name: e.layer.values for e in run.entries}
-        plan = plan_model(run.model, config, selection, output)
-        ratios = {p.name: 1.0 - float(p.mask_for(values[p.name]).mean()) for p in plan.layers}
-    m = max(1, int((2 ** config.bits - 1) // 2))
-    for entry in run.entries:
-        sparsity, code = (0.0, 127) if entry.fixed else (ratios.get(entry.name, 0.0), m)
-        grids = _grids(entry, config.granularity)
-        per_channel = grids[0] if len(grids) == 1 else _channel_steps_pay(entry, sparsity, code)
-        entry.option = LayerOption(code, sparsity, per_channel)
-
-
-def _channel_steps_pay(entry: _Entry, sparsity: float, max_code: int) -> bool:
-    """auto grid with fixed bits: per-channel steps where they add at most 5 % to the layer's bits."""
-    channels = entry.view.rows
-    kept = entry.layer.values.size * (1 - sparsity)
-    return 32 * (channels - 1) <= 0.05 * kept * LayerOption(max_code).bits
 
 
 def _solve_all(run: _Run, order: list[list[str]], fp32: dict | None, total: float | None, macs: dict) -> None:

@@ -15,7 +15,8 @@ import pytest
 
 from onnxjpq.core.hessian import ConvGeometry
 from onnxjpq.graph.layers import Selection, find_layers
-from onnxjpq.runtime.capture import capture_pairs, capture_stats, layer_view, slot_index
+from onnxjpq.runtime.capture import capture_pairs, capture_stats
+from onnxjpq.runtime.layer_view import layer_view, slot_index
 from onnxjpq.runtime.data import Dataset
 from onnxjpq.runtime.probe import Probe, make_template, stages
 from onnxjpq.testing import laplace, make_model, run

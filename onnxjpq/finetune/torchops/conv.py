@@ -10,7 +10,6 @@ output_shape, with auto_pad splitting the total pad as onnx's reference does.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from .common import auto_pads, check_auto_pad, pad_begin_end
