@@ -17,6 +17,7 @@ float model reaches the target.
 from __future__ import annotations
 
 import logging
+import warnings
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -142,8 +143,9 @@ def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: Activa
 
 @contextmanager
 def _quiet():
-    """onnxruntime.quantization's logging silenced: advice on every call, and tracebacks of the
-    pre-processing failures it recovers from (ours raise)."""
+    """onnxruntime.quantization's logging silenced: advice on every call, tracebacks of the
+    pre-processing failures it recovers from (ours raise), and its calibrators' numpy warnings
+    (all-NaN ranges: the failure that follows is reported in one line)."""
     import onnxruntime
 
     loggers = [logging.getLogger(), logging.getLogger("onnxruntime")]
@@ -152,7 +154,9 @@ def _quiet():
         log.setLevel(logging.CRITICAL)
     onnxruntime.set_default_logger_severity(3)  # the sessions it opens warn about initializers it left unused
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
     finally:
         onnxruntime.set_default_logger_severity(2)  # onnxruntime's default (there is no getter)
         for log, level in zip(loggers, levels):

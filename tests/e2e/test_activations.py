@@ -203,3 +203,28 @@ def test_an_all_zero_layer_gets_zero_codes_and_a_usable_scale(tmp_path):
     assert result.exit_code == 0, result.output
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     assert not inits["W_quantized"].any() and (inits["W_scale"] > 0).all()
+
+
+def test_a_failure_inside_onnxruntimes_quantizer_is_one_line_and_exit_2(tmp_path):
+    """sqrt(x − 10) on inputs in [0, 1): every activation after it is NaN, and onnxruntime's
+    calibrator fails on the NaN ranges (an AssertionError, "scale issue") inside quantize_static."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxjpq.testing import laplace
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["x", "ten"], ["d"]), helper.make_node("Sqrt", ["d"], ["s"]),
+         helper.make_node("MatMul", ["s", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [numpy_helper.from_array(laplace((16, 16)), "W"), numpy_helper.from_array(np.array(10.0, np.float32), "ten")])
+    src, out, calib = tmp_path / "m.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    np.savez(calib, x=np.random.default_rng(0).random((8, 16)).astype(np.float32))
+    before = src.read_bytes()
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--calib", str(calib),
+                                       "--activations", "int8"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: onnxruntime's quantizer failed on this model:")
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not out.exists() and src.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
