@@ -59,15 +59,12 @@ def ort_int8(src: Path, dst: Path) -> dict:
     """onnxruntime's quantize_dynamic, after moving Constant-node tensors into initializers
     (its quantizer only finds weights there: PP-OCR's Conv weights are Constant nodes)."""
     import onnx
-    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from onnxjpq.graph.normalize import constants_as_initializers
+
     model = onnx.load(src)
-    for node in [n for n in model.graph.node if n.op_type == "Constant"]:
-        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-        if value is not None:
-            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(value), node.output[0]))
-            model.graph.node.remove(node)
+    constants_as_initializers(model)
     staged = dst.with_name(dst.stem + "_initializers.onnx")
     onnx.save(model, staged)
     start = time.perf_counter()

@@ -96,3 +96,21 @@ def _dense(sparse: onnx.SparseTensorProto, label: str) -> onnx.TensorProto:
     dense = np.zeros(math.prod(dims), values.dtype)
     dense[indices.reshape(-1)] = values
     return numpy_helper.from_array(dense.reshape(dims), sparse.values.name)
+
+
+def constants_as_initializers(model: onnx.ModelProto, names=None) -> list[str]:
+    """Main-graph Constant nodes (default domain) holding a tensor, those whose output is in
+    `names` (None: all), become initializers of the same name, in place; returns their names.
+    onnxruntime's quantizer takes only initializers for weights, and a graph input can only
+    replace an initializer."""
+    graph, moved = model.graph, []
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                 and (names is None or n.output[0] in names)]:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+        if value is not None:
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.node.remove(node)
+            moved.append(tensor.name)
+    return moved

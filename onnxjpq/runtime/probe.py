@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph.normalize import constants_as_initializers
 from .data import Dataset
 from .sessions import session
 
@@ -54,11 +55,10 @@ def make_template(model: onnx.ModelProto, names: set[str]) -> Template:
         else:
             keep.append(tensor)
     graph.initializer.extend(keep)
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in names]:
-        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-        if value is not None:
-            values[node.output[0]] = numpy_helper.to_array(value)
-            graph.node.remove(node)
+    moved = constants_as_initializers(out, names)  # appended last: taken back out as values
+    for tensor in graph.initializer[len(graph.initializer) - len(moved):]:
+        values[tensor.name] = numpy_helper.to_array(tensor)
+    del graph.initializer[len(graph.initializer) - len(moved):]
     declared = {i.name for i in graph.input}
     for name, array in values.items():
         if name not in declared:

@@ -28,6 +28,7 @@ import onnx
 from onnx import helper
 
 from ..errors import DataError, ModelError, OptionError, first_line
+from ..graph.normalize import constants_as_initializers
 from ..graph.opset import default_opset, upgrade
 from ..runtime.data import Dataset
 from ..runtime.sessions import fixed_batch, median_latency_ms, run_samples, session
@@ -176,40 +177,33 @@ def _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsign
                                    "ActivationSymmetric": False, "AddQDQPairToWeight": config.weights_qdq})
 
 
-def _preprocess(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+def _preprocess(model: onnx.ModelProto, path: Path, weights: set[str]) -> onnx.ModelProto:
     """onnxruntime's recommended pre-processing (shape inference, constant folding, Identity
-    removal), so that every Conv/MatMul fuses with its Q/DQ pairs; saved at `path`."""
+    removal), so that every Conv/MatMul fuses with its Q/DQ pairs; saved at `path`. Where its
+    graph optimisation rewrites one of `weights` (a Conv+BatchNormalization fusion scales the
+    weights onnxjpq coded), it runs again without that optimisation."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
-    prepared = _constants_as_initializers(prepared)
-    try:
-        with _quiet():
-            scratch = onnx.ModelProto()  # quant_pre_process may move the tensors to external data in place
-            scratch.CopyFrom(prepared)
-            quant_pre_process(scratch, str(path), skip_symbolic_shape=True)
-            processed = onnx.load(str(path))
-    except Exception:  # pre-processing is an optimisation: quantize the model as it is
-        processed = prepared
-    processed = _named(_constants_as_initializers(processed))
+    constants_as_initializers(prepared)  # the quantizer calibrates a Constant's output as an activation
+    processed = prepared
+    for skip_optimization in (False, True):
+        try:
+            with _quiet():
+                scratch = onnx.ModelProto()  # quant_pre_process may move the tensors to external data in place
+                scratch.CopyFrom(prepared)
+                quant_pre_process(scratch, str(path), skip_optimization=skip_optimization, skip_symbolic_shape=True)
+                candidate = onnx.load(str(path))
+        except Exception:  # pre-processing is an optimisation: quantize the model as it is
+            continue
+        constants_as_initializers(candidate)
+        if weights <= {t.name for t in candidate.graph.initializer}:
+            processed = candidate
+            break
+    processed = _named(processed)
     onnx.save_model(processed, str(path))
     return processed
-
-
-def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Main-graph Constant nodes holding a tensor become initializers of the same name:
-    onnxruntime's quantizer takes only initializers for weights (a Constant's output it
-    calibrates as an activation)."""
-    graph = model.graph
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")]:
-        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-        if value is not None:
-            tensor = graph.initializer.add()
-            tensor.CopyFrom(value)
-            tensor.name = node.output[0]
-            graph.node.remove(node)
-    return model
 
 
 def _per_axis_ready(model: onnx.ModelProto, steps: dict) -> tuple[onnx.ModelProto, dict, list[str]]:
@@ -298,7 +292,7 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
     model, steps, notes = _per_axis_ready(model, steps)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
         src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
-        model = _preprocess(model, src)
+        model = _preprocess(model, src, set(steps))
 
         def attempt(kept: list[str], unsigned: bool) -> tuple[onnx.ModelProto, float]:
             qmodel = _quantize(src, dst, cache, _Reader(data, config.samples, fixed), config, steps,

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..graph.normalize import constants_as_initializers
 from ..runtime.data import Dataset
 
 from ..runtime.sessions import run_samples, session
@@ -25,14 +26,7 @@ def _overridable(model: onnx.ModelProto, names: set[str]) -> tuple[onnx.ModelPro
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     graph = probe.graph
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in names]:
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if value is not None:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-            graph.node.remove(node)
+    constants_as_initializers(probe, names)
     inputs = {i.name for i in graph.input}
     opened = set()
     for tensor in graph.initializer:

@@ -23,10 +23,10 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError, first_line
+from ..graph.normalize import constants_as_initializers
 from ..runtime.data import Dataset
 from ..runtime.sessions import ORT_ERRORS, session
-from .activations import (_constants_as_initializers, _named, _quiet, carry_model_info, measure_against_fp32,
-                          measured_note)
+from .activations import _named, _quiet, carry_model_info, measure_against_fp32, measured_note
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
@@ -116,9 +116,10 @@ def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, 
             layers[p.name] = (channel_codes(w, steps), steps)
     prepared = onnx.ModelProto()
     prepared.CopyFrom(compressed)
+    constants_as_initializers(prepared)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-dyn-") as tmp:
         ops = (*DYNAMIC_OPS, "Gather") if selection.embeddings else DYNAMIC_OPS
-        qmodel = _quantize_dynamic(_constants_as_initializers(prepared), Path(tmp), ops, set(layers))
+        qmodel = _quantize_dynamic(prepared, Path(tmp), ops, set(layers))
     fed = feed_codes(qmodel, layers)
     carry_model_info(qmodel, compressed)
     names = {t.name for t in qmodel.graph.initializer}

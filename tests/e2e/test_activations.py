@@ -228,3 +228,32 @@ def test_a_failure_inside_onnxruntimes_quantizer_is_one_line_and_exit_2(tmp_path
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not out.exists() and src.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
+
+
+def test_a_conv_batchnorm_pair_keeps_its_coded_weights(tmp_path):
+    """onnxruntime's pre-processing fuses Conv+BatchNormalization, rescaling the weights onnxjpq
+    coded (its quantizer then refused: 'has per-channel overrides, but is not an initializer',
+    as on PP-OCR); the pair is quantized unfused instead."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxjpq.testing import laplace
+    rng = np.random.default_rng(0)
+    bn = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in
+          ((rng.uniform(0.5, 2, 8), "gamma"), (rng.normal(size=8), "beta"), (rng.normal(size=8), "mean"),
+           (rng.uniform(0.5, 2, 8), "var"))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"]),
+         helper.make_node("Relu", ["b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [numpy_helper.from_array(laplace((8, 4, 3, 3)), "W"), *bn])
+    src, out, calib = tmp_path / "m.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    np.savez(calib, x=rng.standard_normal((16, 4, 8, 8)).astype(np.float32))
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--calib", str(calib),
+                                       "--activations", "int8"])
+    assert result.exit_code == 0, result.output
+    qmodel = onnx.load(out)
+    assert {"BatchNormalization", "Conv", "DequantizeLinear"} <= {n.op_type for n in qmodel.graph.node}
+    assert any(t.data_type == TensorProto.INT8 and tuple(t.dims) == (8, 4, 3, 3) for t in qmodel.graph.initializer)
