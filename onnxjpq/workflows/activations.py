@@ -31,10 +31,10 @@ from ..errors import DataError, ModelError, OptionError, first_line
 from ..graph.normalize import constants_as_initializers
 from ..graph.opset import default_opset, upgrade
 from ..runtime.data import Dataset
-from ..runtime.sessions import fixed_batch, median_latency_ms, run_samples, session
+from ..runtime.sessions import ORT_ERRORS, fixed_batch, run_samples, session
+from .against_fp32 import measure_against_fp32, measured_note, output_snr_db
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
-TIMED_RUNS, WARMUP_RUNS, TIMING_THREADS = 20, 3, 1  # the latency measured against fp32
 PER_AXIS_OPSET = 13  # DequantizeLinear's axis attribute (per-channel steps)
 
 
@@ -79,34 +79,6 @@ class _Reader:
 
     def __len__(self):
         return len(self._feeds)
-
-
-def output_snr_db(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    """10·log10(‖ref‖² / ‖ref − cand‖²) over all outputs.
-
-    >>> round(output_snr_db([np.ones(4)], [np.full(4, 1.1)]), 1)
-    20.0
-    """
-    signal = sum(float((r.astype(np.float64) ** 2).sum()) for r in reference)
-    noise = sum(float(((r.astype(np.float64) - c) ** 2).sum()) for r, c in zip(reference, candidate))
-    return float("inf") if noise == 0 else float(10 * np.log10(signal / max(noise, 1e-300)))
-
-
-def measure_against_fp32(reference: onnx.ModelProto, qmodel: onnx.ModelProto, data: Dataset, samples: int = 32) -> dict:
-    """Output SNR against the fp32 model and the latency ratio at one thread (median of runs)."""
-    ref_sess, cand_sess = session(reference, TIMING_THREADS), session(qmodel, TIMING_THREADS)
-    snr = output_snr_db(run_samples(ref_sess, data.inputs, samples), run_samples(cand_sess, data.inputs, samples))
-    batch = fixed_batch(ref_sess) or 1
-    feed = {k: v[:batch] for k, v in data.inputs.items()}
-    ref_ms, cand_ms = median_latency_ms([ref_sess, cand_sess], feed, TIMED_RUNS, WARMUP_RUNS)
-    return {"fp32_snr_db": snr, "latency_ms": cand_ms, "fp32_latency_ms": ref_ms,
-            "latency_ratio": cand_ms / ref_ms if ref_ms else None, "threads": TIMING_THREADS,
-            "timing": f"batch {batch}, median of {TIMED_RUNS} runs after {WARMUP_RUNS} warm-up runs"}
-
-
-def measured_note(what: str, info: dict) -> str:
-    return (f"{what} measured on the calibration inputs: output SNR {info['fp32_snr_db']:.1f} dB against fp32, "
-            f"latency {info['latency_ratio']:.2f}x fp32's ({info['timing']}, {info['threads']} thread)")
 
 
 def _calibrate_method(name: str):
@@ -189,12 +161,12 @@ def _preprocess(model: onnx.ModelProto, path: Path, weights: set[str]) -> onnx.M
     constants_as_initializers(prepared)  # the quantizer calibrates a Constant's output as an activation
     processed = prepared
     for skip_optimization in (False, True):
+        scratch = onnx.ModelProto()  # quant_pre_process may move the tensors to external data in place
+        scratch.CopyFrom(prepared)
         try:
             with _quiet():
-                scratch = onnx.ModelProto()  # quant_pre_process may move the tensors to external data in place
-                scratch.CopyFrom(prepared)
                 quant_pre_process(scratch, str(path), skip_optimization=skip_optimization, skip_symbolic_shape=True)
-                candidate = onnx.load(str(path))
+            candidate = onnx.load(str(path))
         except Exception:  # pre-processing is an optimisation: quantize the model as it is
             continue
         constants_as_initializers(candidate)
@@ -297,7 +269,11 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
         def attempt(kept: list[str], unsigned: bool) -> tuple[onnx.ModelProto, float]:
             qmodel = _quantize(src, dst, cache, _Reader(data, config.samples, fixed), config, steps,
                                [*exclude, *_neighbours(model, kept)], unsigned)
-            snr = output_snr_db(reference, run_samples(session(qmodel), data.inputs, config.samples))
+            try:
+                quantized = session(qmodel)
+            except ORT_ERRORS as exc:  # not the inputs: the model its quantizer wrote
+                raise ModelError(f"onnxruntime cannot load the model its quantizer wrote: {first_line(exc)}") from exc
+            snr = output_snr_db(reference, run_samples(quantized, data.inputs, config.samples))
             if progress:
                 progress(len(kept), snr)
             return qmodel, snr

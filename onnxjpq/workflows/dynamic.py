@@ -26,7 +26,8 @@ from ..errors import ModelError, first_line
 from ..graph.normalize import constants_as_initializers
 from ..runtime.data import Dataset
 from ..runtime.sessions import ORT_ERRORS, session
-from .activations import _named, _quiet, carry_model_info, measure_against_fp32, measured_note
+from .activations import _named, _quiet, carry_model_info
+from .against_fp32 import measure_against_fp32, measured_note
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxjpq import OpqConfig, OptionError, OutputConfig, Selection
-from onnxjpq.workflows.activations import ActivationConfig, compress_with_activations, output_snr_db
+from onnxjpq.workflows.activations import ActivationConfig, compress_with_activations
+from onnxjpq.workflows.against_fp32 import output_snr_db
 from onnxjpq.cli import main
 from onnxjpq.pipeline.compress import compress_model
 from onnxjpq.graph.io import load_model

@@ -1,0 +1,36 @@
+"""--activations int8 on real pretrained CNNs (issue 13): exit 0 with the decisions kept, or one
+line and exit 2, never a traceback. Calibration: 16 samples of seed 1; evaluation on the
+registry's seed-0 samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxjpq.cli import main
+
+# measured (python -m onnxjpq compress MODEL --activations int8 --calib 16 samples): ppocr_cls
+# 1.000 top-1 agreement, crepe 1.000 pitch agreement, orientation 1.000; basic-pitch's int8
+# model, written by onnxruntime's quantizer, does not load in onnxruntime (a weight Transpose)
+KEEPS = {"ppocr_cls": 0.99, "crepe": 0.99, "orientation": 0.99}
+REFUSED = {"basicpitch": "error: onnxruntime cannot load the model its quantizer wrote:"}
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted({**KEEPS, **REFUSED}))
+def test_int8_activations_keep_the_decisions_or_refuse_in_one_line(name, cnn_case, tmp_path):
+    case = cnn_case(name)
+    calib, out = tmp_path / "calib.npz", tmp_path / "int8.onnx"
+    np.savez(calib, **case.entry.data(16, 1))
+    result = CliRunner().invoke(main, ["compress", str(case.path), "-o", str(out), "-q", "--calib", str(calib),
+                                       "--activations", "int8"])
+    assert "Traceback" not in result.output
+    if name in REFUSED:
+        assert result.exit_code == 2 and result.output.startswith(REFUSED[name]), result.output
+        assert result.output.count("\n") == 1 and not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    metric = case.entry.evaluate(case.path, out, case.data, case.reference)
+    assert metric[case.entry.headline] >= KEEPS[name], metric
