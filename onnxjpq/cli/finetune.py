@@ -35,7 +35,8 @@ _METHOD_OPTIONS = {"--pow2-bits": ("djpq",), "--rho": ("admm",), "--retrain-epoc
 @click.option("--retrain-epochs", type=int, default=10, show_default=True,
               help="admm/djpq: masked retraining epochs after the final projection / the learned bits and channels.")
 @click.option("--rho", type=float, default=1e-3, show_default=True, help="admm: initial penalty (x1.3 per epoch).")
-@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--lr", type=float, default=1e-2, show_default=True,
+              help="Learning rate (djpq: of its Adam phases, default 1e-3).")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
@@ -67,7 +68,8 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
         if rate is None or prune is not None or bits is not None:
             raise OptionError(f"--method {method} takes --rate, not --prune/--bits")
         config = (AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, rho=rho) if method == "admm"
-                  else DjpqConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, pow2=pow2_bits))
+                  else DjpqConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, pow2=pow2_bits,
+                                  **({"lr": lr} if given_options(lr="--lr") else {})))
     else:
         config = method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)
     report = run_finetune(src, dst, data_path, val_path, method, config,

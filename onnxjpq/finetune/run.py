@@ -18,7 +18,8 @@ from ..runtime.data import Dataset
 from ..runtime.sessions import accuracy, predict, session
 from .bridge import OnnxModule, TorchModel, with_weights
 from ..graph.layers import kept_names
-from ..graph.macs import layer_macs, tensor_shapes
+from ..graph.macs import tensor_shapes
+from ..runtime.shapes import data_macs
 from .admm import AdmmConfig, AdmmState, project
 from .djpq import DjpqConfig, DjpqState
 from .masked import masked_quantizer
@@ -97,13 +98,14 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     if retrain.get("epochs", 1):
         train(module, data, replace(train_config, **retrain), teacher, log_epoch, on_step, resume_from=second,
               tag={"method": method, "phase": phase, "previous": previous, "settings": settings})
+    missed = plan.diagnostics.get("budget_missed")
     out, report = apply_plan(with_weights(model, _final_arrays(module)), plan, selection, output,
-                             {"method": method, "notes": []})
+                             {"method": method, "notes": [missed] if missed else []})
     report["finetune"] = {"method": method, "config": asdict(config) if method != "masked" else None,
                           "train": asdict(train_config), "history": history, "accuracy_fp32": fp32,
                           "accuracy_before": before, "learned_bits": learned,
                           "torch_vs_onnxruntime_max_abs": float(np.abs(_evaluate(module, check)
-                                                                        - predict(session(out), check)).max())}
+                                                                        - predict(session(out, exact=True), check)).max())}
     return out, report
 
 
@@ -178,8 +180,8 @@ def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, t
                 resume_from: dict | None = None, settings: str | None = None):
     """Train quantizers, gates and weights together; leave the module holding the learned weights
     (codes x steps) with the DJPQ machinery removed, and return the plan giving them."""
-    shapes = tensor_shapes(model)
-    macs = {l.name: layer_macs(l, shapes) for l in layers}
+    shapes = tensor_shapes(model, {name: array.shape for name, array in data.inputs.items()})
+    macs = data_macs(model, layers, data)
     if any(v is None for v in macs.values()):
         raise OptionError("DJPQ needs every layer's MACs: shape inference could not find them")
     state = DjpqState(module, layers, macs, config, shapes)
@@ -192,8 +194,17 @@ def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, t
     train(module, data, joint, teacher, end_epoch, on_step, regularizer=state.penalty, resume_from=resume_from,
           tag={"method": "djpq", "phase": "djpq", "settings": settings})
     pruned = state.meet_budget()
+    reached = float(state.bops_ratio()) if state.bops() > state.budget else None
     arrays, plan = state.export()
     plan.diagnostics["channels_pruned_to_meet_budget"] = pruned
+    if reached is not None:
+        links = len(state.links)
+        plan.diagnostics["budget_missed"] = (
+            f"DJPQ reached {reached:.1f}x fewer BOPs, not the {config.rate:g}x asked: the bits stopped above "
+            f"the floor of {config.min_bits} and " + (f"only {links} layers' input channels follow" if links else
+                                                       "no layer's input channels follow")
+            + " a prunable channel exactly (a BatchNormalization or bias between them keeps a zero channel from "
+            "staying zero); more --epochs or a higher --lr move the bits further")
     state.detach()
     with torch.no_grad():
         for name, values in arrays.items():

@@ -2,12 +2,16 @@
 
 Shapes come from onnx's shape inference with every unknown input dimension
 (batch, sequence) set to 1, so the figures are per sample and per position;
-ratios between models do not depend on that choice.
+ratios between models do not depend on that choice. A model whose spatial
+sizes are dynamic (an image classifier exported for any height and width) has
+no MACs until a size is chosen: `tensor_shapes(model, sample_shapes)` takes it
+from the data the run was given (one sample: the batch stays 1).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import onnx
 
@@ -15,23 +19,30 @@ from .layers import WeightLayer
 from .ops import weight_slot
 
 
-def _fixed_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+def _fixed_inputs(model: onnx.ModelProto, sample_shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """`model` with every unknown input dimension fixed: the batch (axis 0) to 1, the others
+    to the sample's size where `sample_shapes` has the input at the same rank, else to 1."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     initializers = {t.name for t in fixed.graph.initializer}
     for value in fixed.graph.input:
         if value.name in initializers:
             continue
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.dim_value = 1
+        dims = value.type.tensor_type.shape.dim
+        sample = tuple(sample_shapes.get(value.name, ()))
+        for axis, dim in enumerate(dims):
+            if not dim.HasField("dim_value") or dim.dim_value < 1:
+                known = len(sample) == len(dims) and axis > 0
+                dim.dim_value = int(sample[axis]) if known else 1
     return fixed
 
 
-def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of the model's tensors that shape inference can determine."""
+def tensor_shapes(model: onnx.ModelProto, sample_shapes: Mapping[str, tuple[int, ...]] | None = None
+                  ) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the model's tensors that shape inference can determine; `sample_shapes`
+    (input name -> the shape of a data array, samples first) sizes the inputs' dynamic axes."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_fixed_inputs(model), data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_fixed_inputs(model, sample_shapes or {}), data_prop=True)
     except Exception:  # inference fails on some exotic graphs: then MACs are unknown
         return {}
     shapes = {}

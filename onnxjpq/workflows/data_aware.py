@@ -162,7 +162,7 @@ def _compress(model, config, selection, output, calib, options, log, scale: floa
     captured = [e for e in run.entries if e.captured]
     total, macs = None, {}
     if isinstance(config, AnncConfig):
-        macs = budget.bops_macs(model, run.entries) if config.objective == "bops" else {}
+        macs = budget.bops_macs(model, run.entries, calib) if config.objective == "bops" else {}
         total = scale * budget.budget_total(config, run.entries, run.skipped, macs)
         fp32 = _fp32_pass(run, captured, True, lambda chunk, stats: budget.score_tables(
             run, chunk, stats, macs, grids))

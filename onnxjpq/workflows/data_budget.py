@@ -26,11 +26,12 @@ import numpy as np
 from ..core.quant import to_channels
 from ..core.storage import storage_bits
 from ..errors import OptionError
-from ..graph.macs import layer_macs, tensor_shapes
+from ..runtime.data import Dataset
 from ..methods.annc import ACTIVATION_BITS, AnncConfig, LayerOptions, allocate, index_cost
 from ..methods.layerwise import LayerOption, OptionEstimates, estimate_options, grouped
 from ..pipeline.compress import float_params
 from ..runtime.probe import perturbation_gains
+from ..runtime.shapes import data_macs
 from .data_report import measured_tensor
 
 # the data-aware table's sparsities (a solve each, so fewer than annc.SPARSITIES)
@@ -153,10 +154,10 @@ def step_down(table: OptionTable, current: int) -> int | None:
     return int(cheaper[np.argmin(table.errors[cheaper])])
 
 
-def bops_macs(model, entries) -> dict[str, int]:
-    """Each layer's dense MACs (the BOPs objective needs them all)."""
-    shapes = tensor_shapes(model)
-    macs = {e.name: layer_macs(e.layer, shapes) for e in entries}
+def bops_macs(model, entries, calib: Dataset) -> dict[str, int]:
+    """Each layer's dense MACs (the BOPs objective needs them all), on the calibration inputs' sizes."""
+    found = data_macs(model, [e.layer for e in entries], calib)
+    macs = {e.name: found[e.layer.name] for e in entries}
     if any(v is None for v in macs.values()):
         raise OptionError("the BOPs objective needs every layer's MACs: shape inference could not find them")
     return macs

@@ -318,3 +318,20 @@ def test_a_torch_module_with_other_parameter_names_is_refused():
     train = load_dataset(MODELS / "lenet300_train.npz", session(model))
     with pytest.raises(ModelError, match="parameter names must match"):
         finetune(model, OpqConfig(bits=8), train, TrainConfig(epochs=1), torch_module=torch.nn.Linear(64, 10))
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_djpq_takes_its_learning_rate_from_the_command_line(tmp_path, given):
+    """--lr reached the retraining only: DJPQ's joint phase kept 1e-3 and diverged on a real CNN."""
+    import json
+
+    from click.testing import CliRunner
+    from onnxjpq.cli import main
+
+    report = tmp_path / "r.json"
+    args = ["finetune", str(MODELS / "lenet300.onnx"), "-o", str(tmp_path / "o.onnx"), "--data",
+            str(MODELS / "lenet300_test.npz"), "--method", "djpq", "--rate", "4", "--epochs", "1",
+            "--retrain-epochs", "1", "--report", str(report), "-q", *(["--lr", "0.0005"] if given else [])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["finetune"]["config"]["lr"] == (0.0005 if given else 1e-3)

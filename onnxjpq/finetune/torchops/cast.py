@@ -1,9 +1,10 @@
-"""Cast and CastLike, with ONNX's float8 rules (saturate, e8m0 rounding modes)."""
+"""Cast and CastLike, with ONNX's float8 rules (saturate, e8m0 rounding modes) and its 2- and
+4-bit integers (truncated toward zero, then wrapped: float 9.5 is int4 -7)."""
 
 from __future__ import annotations
 
 import torch
-from .dtypes import TORCH_DTYPES, unsupported_type
+from .dtypes import NARROW_INTS, TORCH_DTYPES, narrowed, unsupported_type, widened
 from .registry import register
 
 # Largest finite value, and the magnitude from which a non-saturating cast overflows (half an ulp above it).
@@ -36,6 +37,11 @@ def _e8m0(x: torch.Tensor, saturate: bool, round_mode: str) -> torch.Tensor:
 def cast_to(x: torch.Tensor, dtype: torch.dtype, saturate: bool = True, round_mode: str = "up") -> torch.Tensor:
     if dtype == x.dtype:
         return x
+    x = widened(x)
+    if dtype in NARROW_INTS:
+        if x.is_floating_point():
+            x = torch.nan_to_num(x.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0).trunc()
+        return narrowed(x, dtype)
     if dtype == torch.float8_e8m0fnu:
         return _e8m0(x, saturate, round_mode)
     limits = _FLOAT8_LIMITS.get(dtype)
@@ -53,12 +59,12 @@ def _check_to(node) -> str | None:
     return unsupported_type(node.attr("to"))
 
 
-@register("Cast", check=_check_to)
+@register("Cast", check=_check_to, narrow=True)
 def cast(node, x):
     return [cast_to(x, TORCH_DTYPES[node.attr("to")], bool(node.attr("saturate", 1)), node.attr("round_mode", "up"))]
 
 
-@register("CastLike")
+@register("CastLike", narrow=True)
 def cast_like(node, x, like):
     return [cast_to(x, like.dtype, bool(node.attr("saturate", 1)), node.attr("round_mode", "up"))]
 

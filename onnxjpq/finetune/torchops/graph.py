@@ -14,7 +14,7 @@ import torch
 from onnx import AttributeProto, numpy_helper
 
 from ...errors import ModelError
-from .dtypes import tensor_of, to_torch, unsupported_type
+from .dtypes import NARROW_INTS, tensor_of, to_torch, unsupported_type, widened
 from .registry import OPS, Node, OpSpec
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -34,6 +34,8 @@ class Graph:
         """Run the nodes, writing their outputs into `env` (which holds the inputs and constants)."""
         for node, spec in self.nodes:
             args = [env[name] if name else None for name in node.inputs]
+            if not spec.narrow:
+                args = [widened(a) if a is not None and a.dtype in NARROW_INTS else a for a in args]
             outs = spec.run(node, *args, scope=env) if spec.scoped else spec.run(node, *args)
             for name, value in zip(node.outputs, outs):
                 if name:

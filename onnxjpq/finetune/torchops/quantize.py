@@ -1,7 +1,7 @@
 """QuantizeLinear and DequantizeLinear: per-tensor, per-axis and blocked scales; integer and float8 codes.
 
-Codes of 2 and 4 bits are refused (torch has no dtype for them). The
-quantized output is an integer (or float8) tensor, so no gradient flows
+Codes of 2 and 4 bits are held as in `dtypes` (values in bytes viewed as
+torch.int4 and its kin). The quantized output is an integer (or float8) tensor, so no gradient flows
 through QuantizeLinear; DequantizeLinear is differentiable in its scale.
 """
 
@@ -12,7 +12,7 @@ from onnx import TensorProto
 
 from .cast import cast_to
 from .common import axis as norm_axis
-from .dtypes import TORCH_DTYPES, unsupported_type
+from .dtypes import NARROW_INTS, TORCH_DTYPES, int_range, narrowed, unsupported_type, widened
 from .registry import register
 
 _FLOAT8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz)
@@ -33,7 +33,7 @@ def _check_output(node) -> str | None:
     return unsupported_type(dtype) if dtype else None
 
 
-@register("QuantizeLinear", check=_check_output)
+@register("QuantizeLinear", check=_check_output, narrow=True)
 def quantize_linear(node, x, scale, zero=None):
     a, block = node.attr("axis", 1), node.attr("block_size", 0)
     dtype = zero.dtype if zero is not None else TORCH_DTYPES[node.attr("output_dtype") or TensorProto.UINT8]
@@ -44,17 +44,18 @@ def quantize_linear(node, x, scale, zero=None):
         return [cast_to(q, dtype, bool(node.attr("saturate", 1)))]
     codes = torch.round(q).to(torch.int64)
     if zero is not None:
-        codes = codes + _spread(zero, x.shape, a, block).to(torch.int64)
-    info = torch.iinfo(dtype)
-    return [codes.clamp(info.min, info.max).to(dtype)]
+        codes = codes + _spread(widened(zero), x.shape, a, block).to(torch.int64)
+    low, high = int_range(dtype)
+    codes = codes.clamp(low, high)
+    return [narrowed(codes, dtype) if dtype in NARROW_INTS else codes.to(dtype)]
 
 
-@register("DequantizeLinear", check=_check_output)
+@register("DequantizeLinear", check=_check_output, narrow=True)
 def dequantize_linear(node, x, scale, zero=None):
     a, block = node.attr("axis", 1), node.attr("block_size", 0)
-    values = x.to(torch.float32)
+    values = widened(x).to(torch.float32)
     if zero is not None and x.dtype not in _FLOAT8:
-        values = values - _spread(zero, x.shape, a, block).to(torch.float32)
+        values = values - _spread(widened(zero), x.shape, a, block).to(torch.float32)
     y = values * _spread(scale, x.shape, a, block)
     out = node.attr("output_dtype")
     return [y.to(TORCH_DTYPES[out] if out else scale.dtype)]

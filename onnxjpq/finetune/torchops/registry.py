@@ -4,7 +4,9 @@ An op's `run(node, *inputs)` takes the node (attributes, opset, output count)
 and its input tensors (None for an omitted optional input) and returns its
 outputs as a list. `check(node)` says, before anything runs, why this node
 cannot run (a short phrase), or returns None. Control flow is `scoped`: it is
-also given the values of the enclosing graph, which its subgraphs read.
+also given the values of the enclosing graph, which its subgraphs read. An op
+that reads 2- and 4-bit integer types is `narrow`: it is given such tensors as
+they are; every other op gets their int8/uint8 values (`dtypes.widened`).
 """
 
 from __future__ import annotations
@@ -47,18 +49,19 @@ class OpSpec:
     run: Callable[..., list]
     check: Check | None = None
     scoped: bool = False
+    narrow: bool = False
 
 
 OPS: dict[str, OpSpec] = {}
 
 
-def register(*op_types: str, check: Check | None = None, scoped: bool = False):
+def register(*op_types: str, check: Check | None = None, scoped: bool = False, narrow: bool = False):
     """Register the decorated function as the torch implementation of `op_types`."""
     def decorate(fn):
         for op_type in op_types:
             if op_type in OPS:
                 raise ValueError(f"{op_type} is registered twice")
-            OPS[op_type] = OpSpec(fn, check, scoped)
+            OPS[op_type] = OpSpec(fn, check, scoped, narrow)
         return fn
     return decorate
 
