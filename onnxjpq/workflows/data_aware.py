@@ -57,6 +57,9 @@ from .data_report import measure, report_section
 
 RETRIES = 3  # budget-mode solves started again after an overshoot (compress_data_aware)
 CHECK_EVERY = 4  # every 4th calibration sample also checks the fp32 target's fit (its ridge λ)
+GPTQ_DAMPS = (0.01, 0.1)  # GPTQ's damping λ: the held-out choice, kept within these
+SCARCE_SAMPLES = 8  # Hessian samples per column below which the compensation fits the calibration set
+SCARCE_DAMP = 0.05  # ... and GPTQ's λ is at least this (MiniLM: 1,865 tokens for 1,536 columns)
 
 
 @dataclass(frozen=True)
@@ -325,9 +328,24 @@ def _paired_inputs(entry: _Entry, fit, check) -> _Inputs:
     pair = merge_pairs(fit, check)
     data = grouped(pair.hat.xxt, rows, pair.hat.count)
     if damp is not None:
-        data = replace(data, damp=float(np.clip(damp, 0.01, 0.1)))
+        data = replace(data, damp=gptq_damp(damp, data.count, data.hessians.shape[-1]))
     return _Inputs(data, fp32_target(w, data, pair.cross, damp), pair.hat.mean, pair.fp32.mean,
                    pair.fp32.xxt, pair.cross, damp)
+
+
+def gptq_damp(chosen: float, count: int, cols: int) -> float:
+    """GPTQ's λ from the fp32 target's held-out choice, within GPTQ_DAMPS, and at least
+    SCARCE_DAMP where the Hessian sums fewer than SCARCE_SAMPLES samples per column: there its
+    compensation fits the calibration samples more than the data (MiniLM at 128 sentences:
+    held-out cosine about 0.990 against 0.999 on the calibration sentences).
+
+    >>> gptq_damp(0.01, 100_000, 64), gptq_damp(0.01, 1000, 384), gptq_damp(1.0, 1000, 384)
+    (0.01, 0.05, 0.1)
+    """
+    low, high = GPTQ_DAMPS
+    if count and count < SCARCE_SAMPLES * cols:
+        low = max(low, SCARCE_DAMP)
+    return float(np.clip(chosen, low, high))
 
 
 def _solve(run: _Run, entry: _Entry, inputs: _Inputs, macs: dict) -> None:
