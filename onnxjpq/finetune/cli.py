@@ -16,10 +16,10 @@ from pathlib import Path
 
 from ..pipeline.compress import OutputConfig
 from ..errors import OptionError
-from ..graph.io import check_model_valid, file_bytes, load_model, model_inputs, remove_model, save_model, \
+from ..graph.io import check_model_valid, load_model, model_inputs, remove_model, save_model, \
     write_text_atomic
 from ..graph.outputs import check_outputs
-from ..pipeline.report import print_report
+from ..pipeline.report import file_totals, print_report
 from ..runtime.data import load_dataset
 from ..runtime.sessions import open_session
 from .train import TrainConfig
@@ -99,14 +99,14 @@ def _run(src, dst: Path, data_path, val_path, method, config, selection, train_c
         return report
     report["finetune"]["processes"] = world
     report["finetune"]["accuracy_on"] = "--val" if val is not None else "the training data (--data)"
-    report["totals"].update(bytes_in=file_bytes(src), bytes_out=save_model(out, dst))
-    report["totals"]["file_ratio"] = report["totals"]["bytes_in"] / report["totals"]["bytes_out"]
-    if report_path:
-        try:
+    bytes_out = save_model(out, dst)
+    try:  # no model without its report
+        report["totals"].update(file_totals(src, dst, bytes_out))
+        if report_path:
             write_text_atomic(report_path, json.dumps(report, indent=2, default=str) + "\n")
-        except BaseException:  # no model without its report
-            remove_model(dst)
-            raise
+    except BaseException:
+        remove_model(dst)
+        raise
     print_report(report, console)
     ft = report["finetune"]
     if ft["accuracy_before"] is not None and ft["history"] and "accuracy" in ft["history"][-1]:

@@ -16,6 +16,7 @@ input; `check_model_valid` runs onnx.checker's full check. `ExternalWriter` writ
 from __future__ import annotations
 
 import contextlib
+import lzma
 import math
 import os
 import shutil
@@ -367,14 +368,33 @@ class ExternalWriter:
         tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
-def file_bytes(path: str | os.PathLike) -> int:
-    """Size of a model on disk, its external data files included."""
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """A model's files on disk: the .onnx, then its external data files (sorted)."""
     path = Path(path)
     model = onnx.load_model(str(path), load_external_data=False)
     locations = {external_data_helper.ExternalDataInfo(t).location
                  for t in external_data_helper._get_all_tensors(model)
                  if external_data_helper.uses_external_data(t)}
-    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+    return [path] + [path.parent / loc for loc in sorted(locations)]
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    """Size of a model on disk, its external data files included."""
+    return sum(f.stat().st_size for f in model_files(path))
+
+
+XZ_MAX_BYTES = 32 << 20  # xz runs at a few MB/s: larger outputs are measured only on request
+
+
+def xz_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the model's files (external data included) compressed with xz -0, as one
+    stream: about what a download of them costs. Read in chunks, so memory stays flat."""
+    compressor, total = lzma.LZMACompressor(preset=0), 0
+    for file in model_files(path):
+        with open(file, "rb") as f:
+            while chunk := f.read(_COPY_CHUNK):
+                total += len(compressor.compress(chunk))
+    return total + len(compressor.flush())
 
 
 def proto_graphs(graph: onnx.GraphProto):

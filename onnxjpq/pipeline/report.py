@@ -12,6 +12,7 @@ import numpy as np
 from ..core.quant import blockable, dequantize, flat_range
 from ..core.storage import entropy_bits, storage_bits
 from ..core.stats import pairwise_sum
+from ..graph.io import XZ_MAX_BYTES, file_bytes, xz_bytes
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,14 @@ def totals(rows: list[LayerRow], float_params: int, bytes_in: int, bytes_out: in
     }
 
 
+def file_totals(src, dst, bytes_out: int) -> dict:
+    """The file figures of the totals: bytes in and out (external data included), their
+    ratio, and the output's xz -0 size (`graph.io.xz_bytes`; None past XZ_MAX_BYTES)."""
+    bytes_in = file_bytes(src)
+    return {"bytes_in": bytes_in, "bytes_out": bytes_out, "file_ratio": bytes_in / bytes_out,
+            "bytes_xz": xz_bytes(dst) if bytes_out <= XZ_MAX_BYTES else None}
+
+
 def report_dict(rows: list[LayerRow], total: dict, skipped: list, settings: dict) -> dict:
     return {
         "totals": total,
@@ -134,7 +143,8 @@ def print_report(report: dict, console) -> None:
     console.print(
         f"params {t['params']:,}  nonzero {t['nonzero']:,}  {zeros}  "
         f"avg bits {t['avg_bits']:.2f}  rate {t['rate']:.1f}x  storage rate {t['storage_rate']:.1f}x  "
-        f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({t['file_ratio']:.1f}x smaller)"
+        f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({t['file_ratio']:.1f}x smaller"
+        + (f", {t['bytes_xz']:,} with xz" if t.get("bytes_xz") else "") + ")"
         + (f"  BOPs {t['bops_ratio']:.1f}x fewer" if t.get("bops_ratio") else ""))
     for note in report["settings"].get("notes", []):
         console.print(f"[yellow]note:[/yellow] {note}")

@@ -9,7 +9,7 @@ import os
 import onnx
 
 from ..errors import OptionError
-from ..graph.io import (check_model_valid, file_bytes, load_external, load_model_lazy, model_inputs, remove_model,
+from ..graph.io import (check_model_valid, load_external, load_model_lazy, model_inputs, remove_model,
                         save_model, uses_external_data, write_text_atomic)
 from ..graph.outputs import check_outputs
 from ..graph.layers import Selection
@@ -17,6 +17,7 @@ from ..graph.opset import check_supported
 from ..methods.annc import AnncConfig
 from ..methods.opq import OpqConfig
 from ..pipeline.compress import OutputConfig, check_output, compress_model
+from ..pipeline.report import file_totals
 from ..pipeline.stream import compress_streaming
 from ..runtime.data import load_dataset
 from ..runtime.sessions import open_session
@@ -114,8 +115,7 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike,
         out, report = _run(model, config, selection, output, activations, progress, calib, log, data_aware)
         bytes_out = save_model(out, dst)
     try:  # no model without its report: a failed or interrupted run leaves nothing behind
-        bytes_in = file_bytes(src)
-        report["totals"].update(bytes_in=bytes_in, bytes_out=bytes_out, file_ratio=bytes_in / bytes_out)
+        report["totals"].update(file_totals(src, dst, bytes_out))
         if report_path is not None:
             write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
     except BaseException:
