@@ -25,6 +25,7 @@ from onnx import TensorProto, numpy_helper
 from onnxjpq import OpqConfig, OutputConfig, Selection, compress_model, find_layers, solve_opq
 from onnxjpq.pipeline.compress import plan_model
 from onnxjpq.graph.io import with_weights
+from onnxjpq.graph.opset import upgrade
 from onnxjpq.graph.layers import kept_names
 from onnxjpq.core.quant import to_channels
 from onnxjpq.testing import laplace, make_model, run
@@ -571,6 +572,17 @@ def test_producer_is_kept_through_an_int4_opset_upgrade():
     out, _ = _compress(model, "qdq")
     assert _opset(out) == 21
     assert (out.producer_name, out.producer_version) == ("unit-test", "1.2.3")
+
+
+
+def test_an_opset_upgrade_adds_no_shape_annotations_the_input_lacked():
+    model, _ = MODELS["two_layers"]
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    hidden = model.graph.node[0].output[0]  # one the input declares is kept
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info(hidden, TensorProto.FLOAT, None))
+    assert [v.name for v in upgrade(model, 21).graph.value_info] == [hidden]
+    out, _ = _compress(model, "qdq")
+    assert _opset(out) == 21 and [v.name for v in out.graph.value_info if v.name == hidden] == [hidden]
 
 
 # ------------------------------------------------------------------------- metadata
