@@ -129,7 +129,7 @@ def packed_model(model: onnx.ModelProto, bits: int, prune: float) -> tuple[onnx.
     # a step with few zeros: 3 sigma of the kept weights spans the codes, so the layer stays dense
     step = 3.0 * float(magnitude[mask].std()) / max_code
     plan = LayerPlan(layer.name, mask, step, max_code=max_code)
-    label = apply_packed(graph, layer, plan)
+    (label,) = apply_packed(graph, [(layer, plan)])
     return gs.export_onnx(graph), label
 
 

@@ -7,8 +7,10 @@ The packed format stores what METHODS.md §1 counts (`core.storage.storage_bits`
   `rows` gives each output channel its block row; all-zero channels read one
   shared zero row after the block, so they store nothing.
 - **Values**: one stream per code width w = ⌈log2(2m+1)⌉ (1..16), the codes of
-  its rows as unsigned u = q + 2^(w−1). Since m ≤ 2^(w−1) − 1, 1 ≤ u < 2^w:
-  u = 0 never holds a code, and marks the positions no stream fills.
+  its rows zigzagged, u = 2q for q ≥ 0 and −2q − 1 for q < 0 (0, −1, 1, −2, ... as
+  0, 1, 2, 3, ...). Since |q| ≤ m ≤ 2^(w−1) − 1, u ≤ 2^w − 2 fits in w bits, and
+  u = 0 is q = 0: the positions no stream fills read as zero, and one table of
+  code values serves every width.
 - **Bit planes**: a w-bit stream is split into planes of 8, 4, 2 and 1 bits, the
   binary digits of w (3 = 2+1, 7 = 4+2+1, 12 = 8+4), most significant first.
   A b-bit plane packs k = 8/b fields a byte, so only a plane's last byte has
@@ -23,8 +25,10 @@ The packed format stores what METHODS.md §1 counts (`core.storage.storage_bits`
 
 Decoding (`decode`, and the ONNX graph of `rewrite/packed.py`) assembles the
 block of u in uint8 (uint16 past 8 bits), then looks every u up in its row's
-table T[r, u] = (u − 2^(w_r−1))·step_r (T[r, 0] = 0), then puts the rows back
-in the weight's layout.
+table T[r, u] = unzigzag(u)·step_r, then puts the rows back in the weight's
+layout. `group_blocks` lays several layers out as the ONNX decoder stores them:
+the blocks of the layers of one sparsity kind as one block, so that one index and
+one expansion serve them all.
 """
 
 from __future__ import annotations
@@ -219,31 +223,115 @@ def _pack_block(flat: np.ndarray, widths: list[int], sizes: list[int]
     starts = np.cumsum([0] + sizes[:-1]).tolist()
     positions = np.flatnonzero(flat)
 
-    def streams(entries: np.ndarray, entry_codes: np.ndarray) -> tuple[Stream, ...]:
-        cuts = np.searchsorted(entries, starts + [flat.size])
-        return tuple(pack_stream(entry_codes[lo:hi].astype(np.int64) + (1 << (w - 1)), w)
-                     for w, lo, hi in zip(widths, cuts[:-1], cuts[1:]))
-
     def value_bytes(entries: np.ndarray) -> int:
         counts = np.diff(np.searchsorted(entries, starts + [flat.size]))
         return sum(stream_bytes(w, int(n)) for w, n in zip(widths, counts))
 
     dense = sum(stream_bytes(w, n) for w, n in zip(widths, sizes))
-    if positions.size == flat.size:  # nothing pruned: no index can help
-        return streams(np.arange(flat.size), flat), "dense", None
-    mask = stream_bytes(1, flat.size) + value_bytes(positions)
     run_width = _best_run_width(positions, widths, np.diff(np.searchsorted(positions, starts + [flat.size])))
-    runs, kept_at = _runs(positions, run_width)
-    entry_at = np.cumsum(runs.astype(np.int64) + 1) - 1
-    relative = stream_bytes(run_width, runs.size) + value_bytes(entry_at)
-    best = min(dense, mask, relative)
-    if best == dense:
-        return streams(np.arange(flat.size), flat), "dense", None
-    if best == mask:
-        return streams(positions, flat[positions]), "mask", pack_stream(flat != 0, 1)
-    entry_codes = np.zeros(runs.size, flat.dtype)
-    entry_codes[kept_at] = flat[positions]
-    return streams(entry_at, entry_codes), "runs", pack_stream(runs, run_width)
+    if positions.size == flat.size:  # nothing pruned: no index can help
+        kind = "dense"
+    else:
+        mask = stream_bytes(1, flat.size) + value_bytes(positions)
+        runs, _ = _runs(positions, run_width)
+        relative = stream_bytes(run_width, runs.size) + value_bytes(np.cumsum(runs.astype(np.int64) + 1) - 1)
+        kind = min((dense, "dense"), (mask, "mask"), (relative, "runs"))[1]  # ties: the simpler kind
+    values, index = _layout(zigzag(flat), widths, sizes, kind, run_width)
+    return (tuple(pack_stream(v.fields, v.width) for v in values), kind,
+            None if index is None else pack_stream(index.fields, index.width))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Fields of one width, not yet packed: a value stream's u, or an index's bits or runs."""
+
+    width: int
+    fields: np.ndarray
+
+
+def _layout(flat: np.ndarray, widths: list[int], sizes: list[int], kind: str, run_width: int | None = None
+            ) -> tuple[tuple[Segment, ...], Segment | None]:
+    """The value segments (one per width span of `flat`, the block's u) and the index of `kind`."""
+    starts = np.cumsum([0] + list(sizes[:-1])).tolist()
+    positions = np.flatnonzero(flat)
+    index = None
+    if kind == "dense":
+        entries, entry_u = np.arange(flat.size), flat
+    elif kind == "mask":
+        entries, entry_u, index = positions, flat[positions], Segment(1, (flat != 0).astype(np.uint32))
+    else:
+        if run_width is None:
+            run_width = _best_run_width(positions, widths, np.diff(np.searchsorted(positions, starts + [flat.size])))
+        runs, kept_at = _runs(positions, run_width)
+        entries = np.cumsum(runs.astype(np.int64) + 1) - 1
+        entry_u = np.zeros(runs.size, np.uint32)
+        entry_u[kept_at] = flat[positions]
+        index = Segment(run_width, runs)
+    cuts = np.searchsorted(entries, starts + [flat.size])
+    values = tuple(Segment(w, np.asarray(entry_u[lo:hi], np.uint32)) for w, lo, hi in zip(widths, cuts[:-1], cuts[1:]))
+    return values, index
+
+
+def zigzag(codes: np.ndarray) -> np.ndarray:
+    """Signed codes as unsigned fields: 0, -1, 1, -2, 2, ... -> 0, 1, 2, 3, 4, ...
+
+    >>> zigzag(np.array([0, -1, 1, -2, 2])).tolist(), unzigzag(np.arange(5)).tolist()
+    ([0, 1, 2, 3, 4], [0, -1, 1, -2, 2])
+    """
+    q = np.asarray(codes, np.int64)
+    return np.where(q < 0, -2 * q - 1, 2 * q).astype(np.uint32)
+
+
+def unzigzag(fields: np.ndarray) -> np.ndarray:
+    """The signed codes of zigzagged `fields` (int64)."""
+    u = np.asarray(fields, np.int64)
+    return np.where(u & 1, -((u + 1) >> 1), u >> 1)
+
+
+MAX_GROUP = 1 << 28  # block positions of one group: its int32 ranks and positions stay far from overflow
+
+
+@dataclass(frozen=True)
+class Group:
+    """Layers of one sparsity kind stored as one block, their blocks end to end."""
+
+    sparsity: str
+    members: tuple[int, ...]  # indices into the layers grouped
+    sizes: tuple[int, ...]  # block positions of each member (its zero row not stored)
+    values: tuple[Segment, ...]  # each member's value streams, member by member, widths ascending
+    index: Segment | None
+
+
+def group_blocks(layers: list[PackedLayer]) -> list[Group]:
+    """The layers holding a non-zero code, grouped by the sparsity kind each chose for itself
+    (dense, mask, runs) and by block type (uint8, or uint16 for codes over 8 bits); a group
+    closes at MAX_GROUP positions, and a runs group picks one run width.
+
+    The segments of a group hold exactly the u its members' streams hold, re-indexed over the
+    joined block: a mask is the members' masks end to end, runs restart nowhere.
+    """
+    groups = []
+    for kind, wide in ((k, w) for k in ("dense", "mask", "runs") for w in (False, True)):
+        batch, size = [], 0
+        for i, packed in enumerate(layers):
+            if not packed.values or packed.sparsity != kind or (packed.table_width > 8) != wide:
+                continue
+            if batch and size + math.prod(packed.block) > MAX_GROUP:
+                groups.append(_group(kind, batch, layers))
+                batch, size = [], 0
+            batch.append(i)
+            size += math.prod(packed.block)
+        if batch:
+            groups.append(_group(kind, batch, layers))
+    return groups
+
+
+def _group(kind: str, members: list[int], layers: list[PackedLayer]) -> Group:
+    flats = [block_fields(layers[i])[:layers[i].block[0]].reshape(-1) for i in members]
+    widths = [s.width for i in members for s in layers[i].values]
+    sizes = [c * layers[i].block[1] for i in members for c in layers[i].channels]
+    values, index = _layout(np.concatenate(flats), widths, sizes, kind)
+    return Group(kind, tuple(members), tuple(f.size for f in flats), values, index)
 
 
 def _best_run_width(positions: np.ndarray, widths: list[int], kept_counts: np.ndarray) -> int:
@@ -310,13 +398,6 @@ def block_fields(packed: PackedLayer) -> np.ndarray:
     return block
 
 
-def row_offsets(packed: PackedLayer) -> np.ndarray:
-    """2^(w−1) of each block row (0 for the zero row), as float32 [rows, 1]."""
-    offsets = np.repeat([float(1 << (s.width - 1)) for s in packed.values], packed.channels)
-    extra = [0.0] if packed.zero_row else []
-    return np.concatenate([offsets, extra]).astype(np.float32).reshape(-1, 1)
-
-
 def row_steps(packed: PackedLayer) -> np.ndarray:
     """The steps broadcasting to the block's rows: () or [rows, 1] (0 for the zero row)."""
     if packed.steps.ndim == 0 or not packed.zero_row:
@@ -325,9 +406,9 @@ def row_steps(packed: PackedLayer) -> np.ndarray:
 
 
 def tables(packed: PackedLayer) -> np.ndarray:
-    """T[r, u] = (u − 2^(w_r−1))·step_r, T[r, 0] = 0: float32 [rows, 2^table_width]."""
-    u = np.arange(1 << packed.table_width, dtype=np.float32)
-    return np.where(u == 0, np.float32(0), u - row_offsets(packed)) * row_steps(packed)
+    """T[r, u] = unzigzag(u)·step_r: float32 [rows, 2^table_width] (or [1, ...] for one step)."""
+    values = unzigzag(np.arange(1 << packed.table_width)).astype(np.float32)
+    return (values * row_steps(packed)).reshape(-1, values.size)
 
 
 def _by_channel(packed: PackedLayer, block: np.ndarray) -> np.ndarray:
@@ -345,18 +426,18 @@ def decode_codes(packed: PackedLayer) -> np.ndarray:
     """The integer codes `encode` was given (int32)."""
     if not packed.values:
         return np.zeros(packed.shape, np.int32)
-    u = block_fields(packed).astype(np.int32)
-    codes = np.where(u == 0, 0, u - row_offsets(packed).astype(np.int32))
-    return _weight_layout(packed, _by_channel(packed, codes))
+    return _weight_layout(packed, _by_channel(packed, unzigzag(block_fields(packed)).astype(np.int32)))
 
 
 def decode(packed: PackedLayer) -> np.ndarray:
     """The float32 weights: each u looked up in its row's table, as the ONNX decoder does."""
     if not packed.values:
         return np.zeros(packed.shape, np.float32)
-    table = _by_channel(packed, tables(packed))
+    table = tables(packed)
     u = _by_channel(packed, block_fields(packed)).astype(np.int64)
-    return _weight_layout(packed, np.take_along_axis(table, u, axis=1))
+    if table.shape[0] == 1:  # one step: one table for every row
+        return _weight_layout(packed, table[0][u])
+    return _weight_layout(packed, np.take_along_axis(_by_channel(packed, table), u, axis=1))
 
 
 def describe(packed: PackedLayer) -> str:

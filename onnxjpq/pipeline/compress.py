@@ -261,12 +261,16 @@ def apply_plan(model: onnx.ModelProto, plan: CompressionPlan, selection: Selecti
     graph, layers, skipped = find_graph_layers(model, selection)  # re-read: the opset upgrade made a new graph
     plans, shapes = plan.by_name(), tensor_shapes(model)
     rows, int4_names, code_names = [], [], []
+    packed = {}  # the packed format decodes each graph's layers together: rewritten at once
+    if output.format == "packed":
+        packed = dict(zip([layer.name for layer in layers],
+                          apply_packed(graph, [(layer, plans[layer.name]) for layer in layers])))
     for layer in (progress(layers) if progress else layers):
         p = plans[layer.name]
         if output.format == "float":
             container = apply_float(layer, p)
         elif output.format == "packed":
-            container = apply_packed(graph, layer, p)
+            container = packed[layer.name]
         else:
             stored = apply_qdq(graph, layer, p, allow_int4=int4)
             container = stored.container

@@ -1,31 +1,36 @@
-"""Weights stored bit-packed (`core/packing.py`) behind a decoder made of standard ONNX ops.
+"""Weights stored bit-packed (`core/packing.py`) behind one decoder of standard ONNX ops per graph.
 
-The decoder turns the packed arrays (initializers) back into the float weight,
-under the weight's own name, so every consumer is untouched. The code block is
-assembled in uint8 (uint16 for codes over 8 bits), u = 0 meaning zero:
+The decoder turns the packed arrays (initializers) back into the float weights,
+under the weights' own names, so every consumer is untouched. It decodes the small
+layers of a graph (blocks under DECODE_ALONE positions) together, so that their
+nodes are shared and a small layer costs a few nodes, not a few dozen; a large
+layer is decoded alone, by the same steps:
 
-    plane   --BitShift left by 8-(j+1)b, per slot j--> [k, bytes] (slot j's bits on top)
-            --Reshape, Slice--> [n] --BitShift right by 8-b--> the plane's fields
-            --BitShift left by s, BitwiseOr--> u, one stream per width; Concat
-    dense:  block = u
-    mask:   block = GatherElements(Concat(0, u), CumSum(mask) * mask)
-    runs:   block = ScatterElements(zeros, CumSum(runs + 1) - 1, u)
-    block   --Reshape [rows, per channel], Concat zero row, Gather rows--> u per channel
-    table   T[r, u] = Where(u == 0, 0, u - 2^(w_r-1)) * step_r     (Range, Sub, Where, Mul: small)
-    weight  = GatherElements(T, Cast(block, int32), axis=1) --Reshape, Transpose--> the weight
-              (a [K, N] weight: Transpose the uint8 block and T first, then look up along axis 0)
+    streams  every value stream and index of every layer, by width w: one bit-packed
+             stream per width (planes of 8, 4, 2, 1 bits) --BitShift, BitwiseOr--> u,
+             then Split into the layers' pieces
+    groups   the layers of one sparsity kind as one block (`packing.group_blocks`):
+             dense:  block = Concat(values)
+             mask:   block = GatherElements(Concat(0, values), CumSum(mask) * mask)
+             runs:   block = ScatterElements(zeros, CumSum(runs + 1) - 1, values)
+             then Split into the layers' blocks
+    layers   block --Reshape [rows, per channel] (zero row, Gather rows: channel order)-->
+             u per channel; table T = unzigzag(u)·step (one row, or one per channel);
+             weight = GatherElements(T, Cast(u, int32)) --Reshape, Transpose--> the weight
+             (a [K, N] weight: Transpose the uint8 block and T first, look up along axis 0)
 
-Every input is a constant, so onnxruntime folds the decoder into one float
-initializer when it creates a session (ORT_ENABLE_BASIC and above). It folds
+Every input is a constant, so onnxruntime folds the decoder into float
+initializers when it creates a session (ORT_ENABLE_BASIC and above). It folds
 no Compress or NonZero (their output size is unknown before they run), so
-none is used. It keeps each folded intermediate until its folding pass ends,
-so the block is built in uint8 and turned into floats by one lookup: that
-keeps the peak memory of loading low. Opset 18 (BitwiseOr) or newer.
+none is used. The block stays uint8 (uint16 for codes over 8 bits) up to the one
+lookup that makes floats: that keeps the peak memory of loading low. Opset 18
+(BitwiseOr) or newer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -33,13 +38,18 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.packing import (
+    Group,
     PackedLayer,
+    Segment,
     channel_view,
     describe,
     encode,
+    group_blocks,
+    pack_stream,
     plane_shifts,
     plane_widths,
     row_steps,
+    unzigzag,
 )
 from ..core.plan import LayerPlan
 from ..errors import ModelError
@@ -48,60 +58,196 @@ from . import layer_codes
 from .qdq import _detach_weight
 
 PACKED_MIN_OPSET = 18  # BitwiseOr
+DECODE_ALONE = 1 << 16  # block positions from which a layer is decoded on its own: its nodes are
+# few next to its bits, and joining its block to others' would copy it once more at load
 
 
 class _Builder:
-    """Nodes (`prefix/tag`) and initializers (`prefix/const/tag`); equal small constants are stored once."""
+    """Nodes and initializers named `prefix/0`, `prefix/1`, ... (short: in a small model the names
+    would outweigh the packed bits); equal small constants, and equal derived tensors, are made once."""
 
     def __init__(self, prefix: str):
         self.prefix, self.nodes, self.initializers = prefix, [], []
-        self._constants: dict[tuple, str] = {}
+        self._count = 0
+        self._shared: dict[tuple, str] = {}
 
-    def const(self, tag: str, value) -> str:
+    def _name(self) -> str:
+        self._count += 1
+        return f"{self.prefix}/{self._count - 1}"
+
+    def const(self, value) -> str:
         array = np.asarray(value)
-        key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= 64 else None
-        if key is not None and key in self._constants:
-            return self._constants[key]
-        name = f"{self.prefix}/const/{tag}"
+        key = ("const", array.dtype.str, array.shape, array.tobytes()) if array.size <= 64 else None
+        if key in self._shared:
+            return self._shared[key]
+        name = self._name()
         self.initializers.append(numpy_helper.from_array(array, name))
         if key is not None:
-            self._constants[key] = name
+            self._shared[key] = name
         return name
 
-    def op(self, op_type: str, inputs: list[str], tag: str, **attrs) -> str:
-        name = f"{self.prefix}/{tag}"
-        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
-        return name
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs) -> str | list[str]:
+        names = [self._name() for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def shared(self, key: tuple, build) -> str:
+        """The tensor `build()` makes, made once per key."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]
+
+    def split(self, tensor: str, sizes: list[int]) -> list[str]:
+        if len(sizes) == 1:
+            return [tensor]
+        return self.op("Split", [tensor, self.const(np.array(sizes, np.int64))], len(sizes), axis=0)
 
 
-def decoder_nodes(name_prefix: str, output_name: str, packed: PackedLayer
+def decoder_nodes(prefix: str, outputs: Sequence[str], layers: Sequence[PackedLayer]
                   ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The nodes and initializers computing `packed`'s float weight into `output_name`.
+    """The nodes and initializers computing each of `layers`' float weights into `outputs`.
 
-    Every other tensor is named `name_prefix/...`. The same input gives the same protos.
+    Every other tensor is named `prefix/N`. The same input gives the same protos.
     """
-    b = _Builder(name_prefix)
-    if not packed.values:
-        b.op("ConstantOfShape", [b.const("shape", np.array(packed.shape, np.int64))], "zeros",
-             value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]))
-    else:
-        block, table = _block(b, packed), _table(b, packed)
-        if packed.rows is not None:
-            rows = b.const("rows", packed.rows)
-            if packed.rows.dtype != np.int32:
-                rows = b.op("Cast", [rows], "rows32", to=TensorProto.INT32)
-            block = b.op("Gather", [block, rows], "channel_codes", axis=0)
-            table = b.op("Gather", [table, rows], "channel_table", axis=0)
-        if _channels_last(packed):  # [K, C]: look up in the weight's layout, no float Transpose
-            index = b.op("Cast", [b.op("Transpose", [block], "weight_codes", perm=[1, 0])], "weight_index",
-                         to=TensorProto.INT32)
-            table = b.op("Transpose", [table], "table_by_code", perm=[1, 0])
-            b.op("GatherElements", [table, index], "weight", axis=0)
+    b = _Builder(prefix)
+    small = [i for i, p in enumerate(layers) if math.prod(p.block) < DECODE_ALONE]
+    blocks = {}
+    for batch in [small] + [[i] for i in range(len(layers)) if i not in small]:
+        members = [layers[i] for i in batch]
+        groups = group_blocks(members)
+        for j, name in _group_blocks(b, groups, _pieces(b, groups), members).items():
+            blocks[batch[j]] = name
+    for i, (output, packed) in enumerate(zip(outputs, layers)):
+        if not packed.values:
+            b.op("ConstantOfShape", [b.const(np.array(packed.shape, np.int64))],
+                 value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]))
         else:
-            index = b.op("Cast", [block], "channel_index", to=TensorProto.INT32)
-            _to_weight_layout(b, packed, b.op("GatherElements", [table, index], "channels", axis=1))
-    b.nodes[-1].output[0] = output_name
+            _weight(b, packed, blocks[i])
+        b.nodes[-1].output[0] = output
     return b.nodes, b.initializers
+
+
+def _pieces(b: _Builder, groups: list[Group]) -> dict[int, str]:
+    """Every segment of `groups` (by id) as a tensor of its fields: one stream per width, Split."""
+    by_width: dict[int, list[Segment]] = {}
+    for group in groups:
+        for segment in ([group.index] if group.index is not None else []) + list(group.values):
+            by_width.setdefault(segment.width, []).append(segment)
+    pieces = {}
+    for width, segments in sorted(by_width.items()):
+        stream = pack_stream(np.concatenate([s.fields for s in segments]), width)
+        names = b.split(_fields(b, stream), [s.fields.size for s in segments])
+        pieces.update({id(s): name for s, name in zip(segments, names)})
+    return pieces
+
+
+def _fields(b: _Builder, stream) -> str:
+    """A stream's fields [count]: uint8, or uint16 past 8 bits."""
+    wide = stream.width > 8
+    dtype = np.dtype(np.uint16 if wide else np.uint8)
+    planes = []
+    for plane, bits, shift in zip(stream.planes, plane_widths(stream.width), plane_shifts(stream.width)):
+        field = b.const(plane)
+        if bits < 8:
+            per_byte = 8 // bits
+            lefts = np.array([8 - (j + 1) * bits for j in range(per_byte)], np.uint8).reshape(-1, 1)
+            field = b.op("BitShift", [field, b.const(lefts)], direction="LEFT")
+            field = b.op("Reshape", [field, b.const(np.array([-1], np.int64))])
+            if per_byte * plane.size != stream.count:
+                field = b.op("Slice", [field, b.const(np.array([0], np.int64)),
+                                       b.const(np.array([stream.count], np.int64))])
+            field = b.op("BitShift", [field, b.const(np.array(8 - bits, np.uint8))], direction="RIGHT")
+        if wide:
+            field = b.op("Cast", [field], to=TensorProto.UINT16)
+        if shift:
+            field = b.op("BitShift", [field, b.const(np.array(shift, dtype))], direction="LEFT")
+        planes.append(field)
+    fields = planes[0]
+    for plane in planes[1:]:
+        fields = b.op("BitwiseOr", [fields, plane])
+    return fields
+
+
+def _group_blocks(b: _Builder, groups: list[Group], pieces: dict[int, str], layers: Sequence[PackedLayer]
+                  ) -> dict[int, str]:
+    """Each member layer's block of u, flat (zero row not included), by layer index."""
+    blocks = {}
+    for group in groups:
+        wide = layers[group.members[0]].table_width > 8  # the same for every member
+        values = [pieces[id(s)] for s in group.values]
+        if wide:
+            values = [v if s.width > 8 else b.op("Cast", [v], to=TensorProto.UINT16)
+                      for v, s in zip(values, group.values)]
+        values = values[0] if len(values) == 1 else b.op("Concat", values, axis=0)
+        if group.sparsity == "mask":
+            mask = b.op("Cast", [pieces[id(group.index)]], to=TensorProto.INT32)
+            ranks = b.op("CumSum", [mask, b.const(np.array(0, np.int32))])
+            ranks = b.op("Mul", [ranks, mask])
+            padded = b.op("Concat", [b.const(np.zeros(1, np.uint16 if wide else np.uint8)), values], axis=0)
+            values = b.op("GatherElements", [padded, ranks], axis=0)
+        elif group.sparsity == "runs":
+            one = b.const(np.array(1, np.int32))
+            runs = b.op("Cast", [pieces[id(group.index)]], to=TensorProto.INT32)
+            ends = b.op("CumSum", [b.op("Add", [runs, one]), b.const(np.array(0, np.int32))])
+            zeros = b.op("ConstantOfShape", [b.const(np.array([sum(group.sizes)], np.int64))], value=_zero(wide))
+            values = b.op("ScatterElements", [zeros, b.op("Sub", [ends, one]), values], axis=0)
+        blocks.update(zip(group.members, b.split(values, list(group.sizes))))
+    return blocks
+
+
+def _zero(wide: bool) -> onnx.TensorProto:
+    return helper.make_tensor("value", TensorProto.UINT16 if wide else TensorProto.UINT8, [1], [0])
+
+
+def _weight(b: _Builder, packed: PackedLayer, block: str) -> None:
+    """The float weight of one layer from its flat block of u."""
+    one_step = packed.steps.ndim == 0
+    table = _code_table(b, packed.table_width)
+    if packed.rows is None and one_step and not _channels_last(packed):  # the block is the weight, flat
+        steps = b.op("Mul", [table, b.const(packed.steps)])
+        flat = b.op("GatherElements", [steps, b.op("Cast", [block], to=TensorProto.INT32)], axis=0)
+        _to_weight_layout(b, packed, flat, flat=True)
+        return
+    block = b.op("Reshape", [block, b.const(np.array(packed.block, np.int64))])
+    if packed.rows is not None:
+        if packed.zero_row:
+            zero_row = b.op("ConstantOfShape", [b.const(np.array([1, packed.block[1]], np.int64))],
+                            value=_zero(packed.table_width > 8))
+            block = b.op("Concat", [block, zero_row], axis=0)
+        rows = b.const(packed.rows)
+        if packed.rows.dtype != np.int32:
+            rows = b.op("Cast", [rows], to=TensorProto.INT32)
+        block = b.op("Gather", [block, rows], axis=0)
+    channels = packed.block[0] if packed.rows is None else packed.rows.size
+    steps = row_steps(packed)
+    if not one_step and packed.rows is not None:
+        steps = steps[packed.rows.astype(np.int64)]
+    row = b.shared(("row", packed.table_width), lambda: b.op("Unsqueeze", [table, b.const(np.array([0], np.int64))]))
+    if _channels_last(packed):  # [K, N]: look up in the weight's layout, no float Transpose
+        column = b.shared(("column", packed.table_width),
+                          lambda: b.op("Unsqueeze", [table, b.const(np.array([1], np.int64))]))
+        lookup = _scaled(b, column, steps.reshape(1, -1), [1, channels], one_step, packed.steps)
+        index = b.op("Cast", [b.op("Transpose", [block], perm=[1, 0])], to=TensorProto.INT32)
+        b.op("GatherElements", [lookup, index], axis=0)
+    else:
+        lookup = _scaled(b, row, steps.reshape(-1, 1), [channels, 1], one_step, packed.steps)
+        weights = b.op("GatherElements", [lookup, b.op("Cast", [block], to=TensorProto.INT32)], axis=1)
+        _to_weight_layout(b, packed, weights)
+
+
+def _scaled(b: _Builder, table: str, steps: np.ndarray, expand: list[int], one_step: bool, step) -> str:
+    """The table times the steps: one per channel, or one step Expanded to every channel."""
+    if not one_step:
+        return b.op("Mul", [table, b.const(steps.astype(np.float32))])
+    return b.op("Expand", [b.op("Mul", [table, b.const(step)]), b.const(np.array(expand, np.int64))])
+
+
+def _code_table(b: _Builder, width: int) -> str:
+    """unzigzag(u) for u < 2^width, float32 [2^width]: stored as int8 (int16 past 8 bits), made once."""
+    def build() -> str:
+        codes = unzigzag(np.arange(1 << width)).astype(np.int8 if width <= 8 else np.int16)
+        return b.op("Cast", [b.const(codes)], to=TensorProto.FLOAT)
+    return b.shared(("codes", width), build)
 
 
 def _channels_last(packed: PackedLayer) -> bool:
@@ -109,157 +255,68 @@ def _channels_last(packed: PackedLayer) -> bool:
     return len(packed.shape) == 2 and packed.axis == 1 and packed.groups == 1
 
 
-def _block(b: _Builder, packed: PackedLayer) -> str:
-    """The block of u [rows, per channel], zero row included: uint8, or uint16 past 8 bits."""
-    wide = packed.table_width > 8
-    parts = [_fields(b, stream, f"w{stream.width}", wide) for stream in packed.values]
-    values = parts[0] if len(parts) == 1 else b.op("Concat", parts, "values", axis=0)
-    if packed.sparsity == "mask":
-        mask = b.op("Cast", [_fields(b, packed.index, "index", False)], "index/mask", to=TensorProto.INT32)
-        ranks = b.op("CumSum", [mask, b.const("zero32", np.array(0, np.int32))], "index/ranks")
-        ranks = b.op("Mul", [ranks, mask], "index/kept_ranks")
-        zero = b.const("zero_code", np.zeros(1, np.uint16 if wide else np.uint8))
-        padded = b.op("Concat", [zero, values], "values_after_zero", axis=0)
-        values = b.op("GatherElements", [padded, ranks], "expanded", axis=0)
-    elif packed.sparsity == "runs":
-        size = b.const("size", np.array([math.prod(packed.block)], np.int64))
-        zeros = b.op("ConstantOfShape", [size], "zeros", value=_zero(wide))
-        values = b.op("ScatterElements", [zeros, _run_positions(b, packed), values], "scattered", axis=0)
-    block = b.op("Reshape", [values, b.const("block_shape", np.array(packed.block, np.int64))], "block")
-    if packed.zero_row:
-        row_shape = b.const("row_shape", np.array([1, packed.block[1]], np.int64))
-        zero_row = b.op("ConstantOfShape", [row_shape], "zero_row", value=_zero(wide))
-        block = b.op("Concat", [block, zero_row], "with_zero_row", axis=0)
-    return block
-
-
-def _zero(wide: bool) -> onnx.TensorProto:
-    return helper.make_tensor("value", TensorProto.UINT16 if wide else TensorProto.UINT8, [1], [0])
-
-
-def _fields(b: _Builder, stream, tag: str, wide: bool) -> str:
-    """A stream's fields [count]: uint8, or uint16 when `wide`."""
-    planes = []
-    for i, (plane, bits, shift) in enumerate(zip(stream.planes, plane_widths(stream.width),
-                                                 plane_shifts(stream.width))):
-        field = b.const(f"{tag}/plane{i}", plane)
-        if bits < 8:
-            per_byte = 8 // bits
-            lefts = np.array([8 - (j + 1) * bits for j in range(per_byte)], np.uint8).reshape(-1, 1)
-            field = b.op("BitShift", [field, b.const(f"left{bits}", lefts)], f"{tag}/plane{i}/top",
-                         direction="LEFT")
-            field = b.op("Reshape", [field, b.const("flat", np.array([-1], np.int64))], f"{tag}/plane{i}/flat")
-            if per_byte * plane.size != stream.count:
-                field = b.op("Slice", [field, b.const("zero", np.array([0], np.int64)),
-                                       b.const(f"{tag}/count", np.array([stream.count], np.int64))],
-                             f"{tag}/plane{i}/sliced")
-            field = b.op("BitShift", [field, b.const(f"right{8 - bits}", np.array(8 - bits, np.uint8))],
-                         f"{tag}/plane{i}/fields", direction="RIGHT")
-        if wide:
-            field = b.op("Cast", [field], f"{tag}/plane{i}/wide", to=TensorProto.UINT16)
-        if shift:
-            dtype = np.dtype(np.uint16 if wide else np.uint8)
-            field = b.op("BitShift", [field, b.const(f"left{shift}_{dtype.name}", np.array(shift, dtype))],
-                         f"{tag}/plane{i}/placed", direction="LEFT")
-        planes.append(field)
-    fields = planes[0]
-    for i, plane in enumerate(planes[1:], 1):
-        fields = b.op("BitwiseOr", [fields, plane], f"{tag}/or{i}")
-    return fields
-
-
-def _run_positions(b: _Builder, packed: PackedLayer) -> str:
-    """int32 block positions of the stored values: cumsum(run + 1) - 1."""
-    one = b.const("one32", np.array(1, np.int32))
-    runs = b.op("Cast", [_fields(b, packed.index, "index", False)], "index/runs", to=TensorProto.INT32)
-    steps = b.op("Add", [runs, one], "index/advance")
-    ends = b.op("CumSum", [steps, b.const("zero32", np.array(0, np.int32))], "index/ends")
-    return b.op("Sub", [ends, one], "index/positions")
-
-
-def _table(b: _Builder, packed: PackedLayer) -> str:
-    """T[r, u] = Where(u == 0, 0, u - 2^(w_r-1)) * step_r: float [rows, 2^table_width]."""
-    zero = b.const("float_zero", np.array(0, np.float32))
-    u = b.op("Range", [zero, b.const("u_end", np.array(1 << packed.table_width, np.float32)),
-                       b.const("float_one", np.array(1, np.float32))], "table/u")
-    offsets = []
-    for stream, n_rows in zip(packed.values, packed.channels):
-        offset = helper.make_tensor("value", TensorProto.FLOAT, [1], [1 << (stream.width - 1)])
-        offsets.append(b.op("ConstantOfShape", [b.const(f"w{stream.width}/rows", np.array([n_rows, 1], np.int64))],
-                            f"table/offset{stream.width}", value=offset))
-    if packed.zero_row:
-        offsets.append(b.const("zero_row_offset", np.zeros((1, 1), np.float32)))
-    offsets = offsets[0] if len(offsets) == 1 else b.op("Concat", offsets, "table/offsets", axis=0)
-    codes = b.op("Sub", [u, offsets], "table/codes")
-    codes = b.op("Where", [b.op("Equal", [u, zero], "table/unused"), zero, codes], "table/kept_codes")
-    return b.op("Mul", [codes, b.const("steps", row_steps(packed))], "table")
-
-
-def _to_weight_layout(b: _Builder, packed: PackedLayer, channels: str) -> None:
-    """Channel rows [channels, per channel] back in the weight's layout (undo to_channels)."""
+def _to_weight_layout(b: _Builder, packed: PackedLayer, channels: str, flat: bool = False) -> None:
+    """Channel rows [channels, per channel] (or flat) back in the weight's layout (undo to_channels)."""
     view, perm = channel_view(packed.shape, packed.axis, packed.groups)
     n_channels = packed.block[0] if packed.rows is None else packed.rows.size
-    if tuple(view) != (n_channels, packed.block[1]):
-        channels = b.op("Reshape", [channels, b.const("view", np.array(view, np.int64))], "view")
+    if flat or tuple(view) != (n_channels, packed.block[1]):
+        channels = b.op("Reshape", [channels, b.const(np.array(view, np.int64))])
     if perm != tuple(range(len(perm))):
-        channels = b.op("Transpose", [channels], "transposed", perm=list(perm))
+        channels = b.op("Transpose", [channels], perm=list(perm))
     if tuple(view[p] for p in perm) != packed.shape:
-        b.op("Reshape", [channels, b.const("shape", np.array(packed.shape, np.int64))], "weight")
+        b.op("Reshape", [channels, b.const(np.array(packed.shape, np.int64))])
 
 
-def decoder_model(packed: PackedLayer, name: str = "W", opset: int = PACKED_MIN_OPSET) -> onnx.ModelProto:
-    """A model with no input whose one output, `name`, is `packed`'s decoded weight."""
-    nodes, initializers = decoder_nodes(f"{name}_packed", name, packed)
-    output = helper.make_tensor_value_info(name, TensorProto.FLOAT, list(packed.shape))
-    graph = helper.make_graph(nodes, "packed_decoder", [], [output], initializers)
+def decoder_model(layers: PackedLayer | Sequence[PackedLayer], names: Sequence[str] = ("W",),
+                  opset: int = PACKED_MIN_OPSET) -> onnx.ModelProto:
+    """A model with no input whose outputs, `names`, are the decoded weights of `layers`."""
+    layers = [layers] if isinstance(layers, PackedLayer) else list(layers)
+    nodes, initializers = decoder_nodes("p", names, layers)
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(p.shape)) for n, p in zip(names, layers)]
+    graph = helper.make_graph(nodes, "packed_decoder", [], outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def apply_packed(graph: gs.Graph, layer: WeightLayer, plan: LayerPlan) -> str:
-    """Replace `layer`'s weight by packed arrays + their decoder; return a storage label
-    ("packed3-5+mask": code widths 3 to 5, a bitmask index; see core.packing.describe)."""
-    if (graph.opset or 0) < PACKED_MIN_OPSET:
-        raise ModelError(f"the packed format needs opset {PACKED_MIN_OPSET} or newer (model: {graph.opset})")
+def encode_layer(layer: WeightLayer, plan: LayerPlan) -> PackedLayer:
+    """`layer`'s codes under `plan`, packed."""
     codes = layer_codes(layer, plan)
     if plan.channel_steps is not None:
         axis = plan.channel_axis % layer.values.ndim
         same_axis = layer.axis is not None and axis == layer.axis % layer.values.ndim
-        groups = layer.groups if same_axis else 1
-        packed = encode(codes, axis, groups, plan.channel_steps)
-    else:
-        packed = encode(codes, layer.axis, layer.groups, plan.step)
+        return encode(codes, axis, layer.groups if same_axis else 1, plan.channel_steps)
+    return encode(codes, layer.axis, layer.groups, plan.step)
+
+
+def apply_packed(graph: gs.Graph, pairs: Sequence[tuple[WeightLayer, LayerPlan]]) -> list[str]:
+    """Replace each layer's weight by packed arrays, decoded by one decoder per (sub)graph;
+    return each layer's storage label ("packed3-5+mask": code widths 3 to 5, a bitmask index;
+    see core.packing.describe)."""
+    if (graph.opset or 0) < PACKED_MIN_OPSET:
+        raise ModelError(f"the packed format needs opset {PACKED_MIN_OPSET} or newer (model: {graph.opset})")
+    packs = [encode_layer(layer, plan) for layer, plan in pairs]
+    homes: dict[int, tuple[gs.Graph, list[int]]] = {}
+    for i, (layer, _) in enumerate(pairs):
+        home = layer.home or graph
+        homes.setdefault(id(home), (home, []))[1].append(i)
     taken = {name for g in all_graphs(graph) for name in g.tensors()}
-    prefix = _fresh_prefix("p", taken)  # short: the decoder names add up in small models
-    home = layer.home or graph
-    output = _detach_weight(home, layer)
-    nodes, initializers = _compact(*decoder_nodes(prefix, output.name, packed), prefix)
-    decoder = gs.import_onnx(helper.make_model(
-        helper.make_graph(nodes, "decoder", [], [helper.make_tensor_value_info(output.name, TensorProto.FLOAT, None)],
-                          initializers), opset_imports=[helper.make_opsetid("", graph.opset)]))
-    last = decoder.nodes[-1]
-    last.outputs[0] = output
-    home.nodes[0:0] = decoder.nodes  # inputs are constants: first is always topologically valid
-    return describe(packed)
-
-
-def _compact(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], prefix: str
-             ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The decoder with its internal tensors renamed `prefix/0`, `prefix/1`, ... and its nodes
-    unnamed: in a small model the descriptive names would outweigh the packed bits."""
-    short: dict[str, str] = {}
-
-    def rename(name: str) -> str:
-        if not name.startswith(prefix + "/"):
-            return name
-        return short.setdefault(name, f"{prefix}/{len(short)}")
-
-    for tensor in initializers:
-        tensor.name = rename(tensor.name)
-    for node in nodes:
-        node.name = ""
-        node.input[:] = [rename(n) for n in node.input]
-        node.output[:] = [rename(n) for n in node.output]
-    return nodes, initializers
+    for home, members in homes.values():
+        prefix = _fresh_prefix("p", taken)
+        taken.add(prefix)
+        outputs = [_detach_weight(home, pairs[i][0]) for i in members]
+        nodes, initializers = decoder_nodes(prefix, [o.name for o in outputs], [packs[i] for i in members])
+        decoder = gs.import_onnx(helper.make_model(
+            helper.make_graph(nodes, "decoder", [], [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, None)
+                                                     for o in outputs], initializers),
+            opset_imports=[helper.make_opsetid("", graph.opset)]))
+        by_name = {o.name: o for o in outputs}
+        for node in decoder.nodes:
+            for j, tensor in enumerate(node.outputs):
+                if tensor.name in by_name:
+                    node.outputs[j] = by_name[tensor.name]
+        for output in outputs:  # the weight's shape is the consumer's to know: no value_info for it
+            output.shape = None
+        home.nodes[0:0] = decoder.nodes  # inputs are constants: first is always topologically valid
+    return [describe(p) for p in packs]
 
 
 def _fresh_prefix(prefix: str, taken: set[str]) -> str:

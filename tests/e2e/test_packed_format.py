@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from onnxjpq.cli import main
-from onnxjpq.testing import run
+from onnxjpq.testing import packed_size_bound, run
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-def _compress(tmp_path: Path, name: str, *options: str) -> Path:
+def _compress(tmp_path: Path, name: str, *options: str, model: str = "lenet5") -> Path:
     out = tmp_path / name
-    result = CliRunner().invoke(main, ["compress", str(MODELS / "lenet5.onnx"), "-o", str(out), "-q", *options])
+    result = CliRunner().invoke(main, ["compress", str(MODELS / f"{model}.onnx"), "-o", str(out), "-q", *options])
     assert result.exit_code == 0, result.output
     return out
 
@@ -42,3 +43,15 @@ def test_packed_output_is_byte_identical_on_a_rerun(tmp_path):
     a = _compress(tmp_path, "a.onnx", "--format", "packed", "--prune", "0.5", "--bits", "4")
     b = _compress(tmp_path, "b.onnx", "--format", "packed", "--prune", "0.5", "--bits", "4")
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["lenet5", "lenet300"])
+@pytest.mark.parametrize("options", ["--prune 0.5 --bits 4", "--prune 0.8 --bits 4", "--prune 0.9 --bits 3", "",
+                                     "--rate 8", "--rate 16"])
+def test_packed_file_holds_what_the_report_counts(tmp_path, model, options):
+    """The file is at most 1.1 x (uncompressed tensors + storage bits / 8) + 8 KiB (issue 12)."""
+    out = _compress(tmp_path, "packed.onnx", "--format", "packed", "--report", str(tmp_path / "r.json"),
+                    *options.split(), model=model)
+    totals = json.loads((tmp_path / "r.json").read_text())["totals"]
+    assert totals["bytes_out"] == out.stat().st_size <= packed_size_bound(totals), totals

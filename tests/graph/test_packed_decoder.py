@@ -29,8 +29,8 @@ from onnxjpq.rewrite.packed import (
 from onnxjpq.testing import MLP, laplace, make_model
 
 DECODER_OPS = {"BitShift", "BitwiseOr", "Cast", "Sub", "Concat", "Slice", "Reshape", "Mul", "CumSum", "Add",
-               "GatherElements", "ScatterElements", "ConstantOfShape", "Gather", "Transpose", "Range", "Equal",
-               "Where"}
+               "GatherElements", "ScatterElements", "ConstantOfShape", "Gather", "Transpose", "Split", "Unsqueeze",
+               "Expand"}
 
 
 def codes_for(shape, axis, groups, widths, density, seed) -> np.ndarray:
@@ -96,9 +96,21 @@ def test_decoder_gives_numpy_decode_exactly(name):
         assert weight.tobytes() == reference.tobytes()  # bit for bit, signed zeros included
 
 
+def test_one_decoder_gives_every_layer_exactly_with_its_streams_and_indexes_shared():
+    packs = [packed_case(name)[1] for name in CASES]  # every width, kind, layout and block type at once
+    names = [f"W{i}" for i in range(len(packs))]
+    model = decoder_model(packs, names)
+    onnx.checker.check_model(model, full_check=True)
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        for weight, packed in zip(session(model, level).run(names, {}), packs):
+            assert weight.tobytes() == decode(packed).tobytes()
+    alone = sum(len(decoder_model(p).graph.node) for p in packs)
+    assert len(model.graph.node) < alone  # one stream per width, one expansion per kind
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_decoder_uses_only_the_listed_standard_ops(name):
-    nodes, initializers = decoder_nodes("W_packed", "W", packed_case(name)[1])
+    nodes, initializers = decoder_nodes("W_packed", ["W"], [packed_case(name)[1]])
     assert {n.op_type for n in nodes} <= DECODER_OPS and all(n.domain == "" for n in nodes)
     assert nodes[-1].output == ["W"]
     assert all(t.name.startswith("W_packed/") for t in initializers)
@@ -107,7 +119,7 @@ def test_decoder_uses_only_the_listed_standard_ops(name):
 def consumer_model(name: str, op: str) -> tuple[onnx.ModelProto, np.ndarray]:
     """`op` reading the decoded weight W, and the weight numpy decodes."""
     _, packed = packed_case(name)
-    nodes, initializers = decoder_nodes("W_packed", "W", packed)
+    nodes, initializers = decoder_nodes("W_packed", ["W"], [packed])
     shape = packed.shape
     if op == "MatMul":
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, shape[0]])
@@ -174,7 +186,7 @@ def packed_and_dense(model: onnx.ModelProto, prune: float, per_channel: bool):
         codes = layer_codes(layer, by_name[layer.name])
         tensor.CopyFrom(numpy_helper.from_array(dequantize(codes, by_name[layer.name].steps_for(codes.shape)),
                                                 tensor.name))
-    labels = [apply_packed(graph, layer, by_name[layer.name]) for layer in layers]
+    labels = apply_packed(graph, [(layer, by_name[layer.name]) for layer in layers])
     return gs.export_onnx(graph), dense, labels
 
 
@@ -215,4 +227,4 @@ def test_apply_packed_refuses_opsets_before_18():
     graph = gs.import_onnx(mlp(opset=17))
     layers, _ = find_layers(graph)
     with pytest.raises(ModelError, match="opset 18"):
-        apply_packed(graph, layers[0], plans(layers, 0.0, False)[layers[0].name])
+        apply_packed(graph, [(layers[0], plans(layers, 0.0, False)[layers[0].name])])

@@ -26,6 +26,7 @@ baselines a data-aware solver has to beat; they are not asserted here.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -34,6 +35,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxjpq.cli import main
+from onnxjpq.testing import packed_size_bound
 from onnxjpq.zoo import crepe, ppocr_det, ppocr_rec
 from onnxjpq.zoo.cnns import BY_NAME, CNNS
 
@@ -85,6 +87,22 @@ def test_the_default_command_keeps_the_decisions_like_per_channel_int8_rounding(
     fp32 = case.entry.truth(case.reference, case.data)[case.entry.truth_key]
     truth_key = {"ppocr_det": "truth_f1", "basicpitch": "truth_note_f1"}.get(name, case.entry.truth_key)
     assert metric[truth_key] >= fp32 - 0.03, (fp32, metric)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("rate", ["8", "16"])
+def test_packed_file_holds_what_the_report_counts(name, rate, cnn_case, tmp_path):
+    """`--rate R --format packed`: the file is at most 1.1 x (uncompressed tensors + storage
+    bits / 8) + 8 KiB (issue 12), on models of many small layers too (ppocr_cls: 52 layers)."""
+    case = cnn_case(name)
+    out, report = tmp_path / "packed.onnx", tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["compress", str(case.path), "-o", str(out), "-q", "--rate", rate,
+                                       "--format", "packed", "--report", str(report)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    totals = json.loads(report.read_text())["totals"]
+    assert totals["bytes_out"] == out.stat().st_size <= packed_size_bound(totals), totals
 
 
 @pytest.mark.real

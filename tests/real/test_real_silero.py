@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxjpq.cli import main
+from onnxjpq.testing import packed_size_bound
 from onnxjpq.zoo import silero
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -74,3 +75,19 @@ def test_fidelity_of_identical_tracks_is_perfect():
     track = np.array([0.1, 0.6, 0.9], np.float32)
     assert silero.fidelity(track, track) == {"agreement": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0,
                                              "speech_share": pytest.approx(2 / 3)}
+
+
+@pytest.mark.parametrize("rate", ["8", "16"])
+def test_packed_silero_holds_what_the_report_counts_and_decides_like_the_float_format(rate, clips, tmp_path):
+    """Weights inside If branches too: the file is at most 1.1 x (uncompressed tensors + storage
+    bits / 8) + 8 KiB (issue 12), and it tracks speech exactly as the float format does."""
+    src = _model("silero_vad.onnx")
+    outs = {}
+    for fmt in ("packed", "float"):
+        outs[fmt], report = tmp_path / f"{fmt}.onnx", tmp_path / f"{fmt}.json"
+        result = CliRunner().invoke(main, ["compress", str(src), "-o", str(outs[fmt]), "-q", "--rate", rate,
+                                           "--format", fmt, "--report", str(report)])
+        assert result.exit_code == 0, (result.output, result.exception)
+    totals = json.loads((tmp_path / "packed.json").read_text())["totals"]
+    assert totals["bytes_out"] == outs["packed"].stat().st_size <= packed_size_bound(totals), totals
+    np.testing.assert_array_equal(_track(outs["packed"], clips), _track(outs["float"], clips))
