@@ -26,6 +26,14 @@ class OptionError(OnnxjpqError):
     """An option is out of range or inconsistent with another."""
 
 
+class BudgetUnreachable(OptionError):
+    """A size budget below the smallest allocation the solver can make (`need_bits`)."""
+
+    def __init__(self, message: str, need_bits: float):
+        super().__init__(message)
+        self.need_bits = need_bits
+
+
 class DataError(OnnxjpqError):
     """A data file does not match the model's inputs."""
 

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.channels import check_granularity
-from ..errors import OptionError
+from ..errors import BudgetUnreachable, OptionError
 from ..core.plan import CompressionPlan, LayerPlan, WeightArray
 from ..core.quant import magnitude_mask, quantize_codes, to_channels
 from ..core.storage import storage_bits
@@ -180,8 +180,9 @@ def allocate(options: list[LayerOptions], weights: np.ndarray, budget: float) ->
     """Option index per layer minimising Σ w_i·D_i within `budget` bits."""
     cheapest = [int(np.argmin(o.cost)) for o in options]
     if _total_cost(options, cheapest) > budget:
-        raise OptionError(f"budget unreachable: the smallest allocation needs "
-                          f"{_total_cost(options, cheapest) / 8192:.1f} KB, the budget is {budget / 8192:.1f} KB")
+        need = _total_cost(options, cheapest)
+        raise BudgetUnreachable(f"budget unreachable: the smallest allocation needs {need / 8192:.1f} KB, "
+                                f"the budget is {budget / 8192:.1f} KB", need)
     lo, hi = -80.0, 80.0  # log μ: at hi every layer takes its cheapest option
     for _ in range(100):
         mid = 0.5 * (lo + hi)

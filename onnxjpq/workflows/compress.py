@@ -23,6 +23,7 @@ from ..runtime.data import load_dataset
 from ..runtime.sessions import open_session
 from .activations import ActivationConfig, compress_with_activations
 from .dynamic import compress_dynamic
+from .file_budget import within_file_size
 from .data_aware import DataAwareConfig, compress_data_aware
 from .search import SearchConfig, search_rate
 
@@ -59,8 +60,13 @@ def _run(model, config, selection, output, activations, progress, calib, log=Non
         return search_rate(model, config, dataset(config.data_path), selection, output,
                            progress=(lambda e: log(_evaluation_line(e))) if log else None, compress=solve)
     if calib is not None:
-        return compress_data_aware(model, config, selection, output, dataset(calib), options, log)
-    return compress_model(model, config, selection, output, progress)
+        data = dataset(calib)
+        solve = lambda c: compress_data_aware(model, c, selection, output, data, options, log)  # noqa: E731
+    else:
+        solve = lambda c: compress_model(model, c, selection, output, progress)  # noqa: E731
+    if output.format == "packed" and isinstance(config, AnncConfig) and config.size_kb is not None:
+        return within_file_size(solve, config)
+    return solve(config)
 
 
 def _evaluation_line(e: dict) -> str:

@@ -55,3 +55,22 @@ def test_packed_file_holds_what_the_report_counts(tmp_path, model, options):
                     *options.split(), model=model)
     totals = json.loads((tmp_path / "r.json").read_text())["totals"]
     assert totals["bytes_out"] == out.stat().st_size <= packed_size_bound(totals), totals
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kb", [16, 40])
+def test_size_kb_budgets_the_packed_file(tmp_path, kb):
+    out = _compress(tmp_path, "packed.onnx", "--format", "packed", "--size-kb", str(kb),
+                    "--report", str(tmp_path / "r.json"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert out.stat().st_size <= kb * 1024 and report["totals"]["size_kb_budget"] == kb
+    assert any(note.startswith(f"--size-kb {kb} budgets the packed file") for note in report["settings"]["notes"])
+
+
+def test_size_kb_below_the_smallest_packed_file_exits_2_naming_it(tmp_path):
+    out = tmp_path / "packed.onnx"
+    result = CliRunner().invoke(main, ["compress", str(MODELS / "lenet5.onnx"), "-o", str(out), "-q",
+                                       "--format", "packed", "--size-kb", "8"])
+    assert result.exit_code == 2 and not out.exists()
+    assert "the smallest packed file onnxjpq can write is about" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
