@@ -31,6 +31,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -103,6 +104,16 @@ def test_packed_file_holds_what_the_report_counts(name, rate, cnn_case, tmp_path
     assert result.exit_code == 0, (result.output, result.exception)
     totals = json.loads(report.read_text())["totals"]
     assert totals["bytes_out"] == out.stat().st_size <= packed_size_bound(totals), totals
+    if rate == "8":  # `unpack` writes the float format's weights, and gives the packed file's outputs
+        flt, unpacked = tmp_path / "float.onnx", tmp_path / "unpacked.onnx"
+        for args in (["compress", str(case.path), "-o", str(flt), "--rate", rate, "--format", "float"],
+                     ["unpack", str(out), "-o", str(unpacked)]):
+            result = CliRunner().invoke(main, [*args, "-q"])
+            assert result.exit_code == 0, (result.output, result.exception)
+        weights = {t.name: t for t in onnx.load(str(unpacked)).graph.initializer}
+        assert all(weights[t.name] == t for t in onnx.load(str(flt)).graph.initializer)
+        want, got = case.entry.outputs(out, case.data), case.entry.outputs(unpacked, case.data)
+        assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
 @pytest.mark.real

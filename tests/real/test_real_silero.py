@@ -91,3 +91,7 @@ def test_packed_silero_holds_what_the_report_counts_and_decides_like_the_float_f
     totals = json.loads((tmp_path / "packed.json").read_text())["totals"]
     assert totals["bytes_out"] == outs["packed"].stat().st_size <= packed_size_bound(totals), totals
     np.testing.assert_array_equal(_track(outs["packed"], clips), _track(outs["float"], clips))
+    unpacked = tmp_path / "unpacked.onnx"  # decoders inside If branches unpack too
+    result = CliRunner().invoke(main, ["unpack", str(outs["packed"]), "-o", str(unpacked), "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    np.testing.assert_array_equal(_track(unpacked, clips), _track(outs["float"], clips))
