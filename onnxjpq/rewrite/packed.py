@@ -7,7 +7,7 @@ nodes are shared and a small layer costs a few nodes, not a few dozen; a large
 layer is decoded alone, by the same steps:
 
     streams  every value stream and index of every layer, by width w: one bit-packed
-             stream per width (planes of 8, 4, 2, 1 bits) --BitShift, BitwiseOr--> u,
+             stream per width (planes of 8, 4, 2, 1 bits) --BitShift, BitwiseAnd, BitwiseOr--> u,
              then Split into the layers' pieces
     groups   the layers of one sparsity kind as one block (`packing.group_blocks`):
              dense:  block = Concat(values)
@@ -148,15 +148,15 @@ def _fields(b: _Builder, stream) -> str:
     planes = []
     for plane, bits, shift in zip(stream.planes, plane_widths(stream.width), plane_shifts(stream.width)):
         field = b.const(plane)
-        if bits < 8:
+        if bits < 8:  # slot j holds bits j*b..(j+1)*b-1: shift it down and mask it (no overflow to rely on)
             per_byte = 8 // bits
-            lefts = np.array([8 - (j + 1) * bits for j in range(per_byte)], np.uint8).reshape(-1, 1)
-            field = b.op("BitShift", [field, b.const(lefts)], direction="LEFT")
+            rights = np.array([j * bits for j in range(per_byte)], np.uint8).reshape(-1, 1)
+            field = b.op("BitShift", [field, b.const(rights)], direction="RIGHT")
+            field = b.op("BitwiseAnd", [field, b.const(np.array((1 << bits) - 1, np.uint8))])
             field = b.op("Reshape", [field, b.const(np.array([-1], np.int64))])
             if per_byte * plane.size != stream.count:
                 field = b.op("Slice", [field, b.const(np.array([0], np.int64)),
                                        b.const(np.array([stream.count], np.int64))])
-            field = b.op("BitShift", [field, b.const(np.array(8 - bits, np.uint8))], direction="RIGHT")
         if wide:
             field = b.op("Cast", [field], to=TensorProto.UINT16)
         if shift:

@@ -28,7 +28,7 @@ from onnxjpq.rewrite.packed import (
 )
 from onnxjpq.testing import MLP, laplace, make_model
 
-DECODER_OPS = {"BitShift", "BitwiseOr", "Cast", "Sub", "Concat", "Slice", "Reshape", "Mul", "CumSum", "Add",
+DECODER_OPS = {"BitShift", "BitwiseAnd", "BitwiseOr", "Cast", "Sub", "Concat", "Slice", "Reshape", "Mul", "CumSum", "Add",
                "GatherElements", "ScatterElements", "ConstantOfShape", "Gather", "Transpose", "Split", "Unsqueeze",
                "Expand"}
 
