@@ -12,6 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxjpq.core.packing import channel_view, decode, encode
@@ -106,6 +108,23 @@ def test_one_decoder_gives_every_layer_exactly_with_its_streams_and_indexes_shar
             assert weight.tobytes() == decode(packed).tobytes()
     alone = sum(len(decoder_model(p).graph.node) for p in packs)
     assert len(model.graph.node) < alone  # one stream per width, one expansion per kind
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(sorted(CASES)), st.integers(0, 2**16)), min_size=1, max_size=5))
+def test_one_decoder_gives_any_mix_of_layers_exactly(picks):
+    """Random mixes of the cases (their codes redrawn): grouping by kind and width never mixes
+    one layer's positions up with another's."""
+    packs = []
+    for name, seed in picks:
+        shape, axis, groups, widths, density, per_channel = CASES[name]
+        channels = to_channels(np.zeros(shape), axis, groups).shape[0]
+        codes = codes_for(shape, axis, groups, [widths[c % len(widths)] for c in range(channels)], density, seed)
+        steps = np.linspace(0.01, 0.5, channels).astype(np.float32) if per_channel else np.float32(0.0371)
+        packs.append(encode(codes, axis, groups, steps))
+    names = [f"W{i}" for i in range(len(packs))]
+    for weight, packed in zip(session(decoder_model(packs, names)).run(names, {}), packs):
+        assert weight.tobytes() == decode(packed).tobytes()
 
 
 @pytest.mark.parametrize("name", CASES)
