@@ -222,7 +222,6 @@ def _weight(b: _Builder, packed: PackedLayer, block: str) -> None:
     steps = row_steps(packed)
     if not one_step and packed.rows is not None:
         steps = steps[packed.rows.astype(np.int64)]
-    row = b.shared(("row", packed.table_width), lambda: b.op("Unsqueeze", [table, b.const(np.array([0], np.int64))]))
     if _channels_last(packed):  # [K, N]: look up in the weight's layout, no float Transpose
         column = b.shared(("column", packed.table_width),
                           lambda: b.op("Unsqueeze", [table, b.const(np.array([1], np.int64))]))
@@ -230,6 +229,8 @@ def _weight(b: _Builder, packed: PackedLayer, block: str) -> None:
         index = b.op("Cast", [b.op("Transpose", [block], perm=[1, 0])], to=TensorProto.INT32)
         b.op("GatherElements", [lookup, index], axis=0)
     else:
+        row = b.shared(("row", packed.table_width),
+                       lambda: b.op("Unsqueeze", [table, b.const(np.array([0], np.int64))]))
         lookup = _scaled(b, row, steps.reshape(-1, 1), [channels, 1], one_step, packed.steps)
         weights = b.op("GatherElements", [lookup, b.op("Cast", [block], to=TensorProto.INT32)], axis=1)
         _to_weight_layout(b, packed, weights)
