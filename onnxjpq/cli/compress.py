@@ -16,9 +16,13 @@ def _listed(flags: list[str]) -> str:
     return f"{', '.join(flags)} only apply" if len(flags) > 1 else f"{flags[0]} only applies"
 
 
-def _refuse_options_without_effect(activations: str, budget: bool) -> None:
+def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "qdq") -> None:
     """Options that the chosen mode never reads are refused rather than silently ignored."""
     from ..errors import OptionError
+
+    if activations != "float" and fmt != "qdq":
+        raise OptionError(f"--format {fmt} with --activations {activations}: the activation path writes its own "
+                          "weights (int8 codes behind DequantizeLinear); drop --format, or --activations")
 
     unused = given_options(act_calibrate="--act-calibrate", act_snr="--act-snr", weights_qdq="--weights-qdq")
     if unused and activations != "int8":
@@ -108,7 +112,7 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     from ..pipeline.report import print_report
 
     _refuse_options_without_effect(activations, budget=rate is not None or size_kb is not None
-                                   or max_drop is not None)
+                                   or max_drop is not None, fmt=fmt)
     config = method_config(prune, bits, prune_mode, keep_survivors, rate, size_kb, min_bits, max_bits,
                             pow2_bits, objective, max_drop, data_path, granularity)
     if metric != "auto":

@@ -50,6 +50,15 @@ def test_options_the_mode_never_reads_are_refused(options, flags, mode, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize("fmt", ["packed", "float", "sparse"])
+@pytest.mark.parametrize("activations", ["int8", "dynamic"])
+def test_a_weight_format_the_activation_path_does_not_write_is_refused(fmt, activations, tmp_path):
+    out = tmp_path / "out.onnx"
+    _refused(_run("compress", LENET5, "-o", out, "--format", fmt, "--activations", activations),
+             f"--format {fmt} with --activations {activations}", "writes its own weights")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("options, match", [
     (["--method", "masked", "--prune", "0.5", "--pow2-bits"], "--pow2-bits only applies to --method djpq"),
     (["--method", "djpq", "--rate", "8", "--rho", "0.1"], "--rho only applies to --method admm"),
