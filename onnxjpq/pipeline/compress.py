@@ -59,10 +59,18 @@ def find_graph_layers(model: onnx.ModelProto, selection: Selection):
     graph = gs.import_onnx(model)
     layers, skipped = find_layers(graph, selection)
     if not layers:
+        if _packed_by_onnxjpq(model):
+            raise ModelError("the model's weights are packed (compress --format packed): "
+                             "run `onnxjpq unpack` on it first")
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
         raise ModelError(f"no compressible layer ({weight_ops_text()} with a constant float weight)"
                          + (f"; skipped {reasons}" if reasons else ""))
     return graph, layers, skipped
+
+
+def _packed_by_onnxjpq(model: onnx.ModelProto) -> bool:
+    settings = next((p.value for p in model.metadata_props if p.key == "onnxjpq.settings"), "")
+    return '"format": "packed"' in settings
 
 
 def _prepare_opset(model: onnx.ModelProto, plan: CompressionPlan, layers: list[WeightLayer],

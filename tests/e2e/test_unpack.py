@@ -71,3 +71,16 @@ def test_unpack_refuses_to_overwrite_its_input(tmp_path):
     result = _cli("unpack", str(src), "-o", str(src))
     assert result.exit_code == 2 and "is the input file" in result.output
     assert src.read_bytes() == (MODELS / "lenet5.onnx").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_packed_model_given_to_compress_is_sent_to_unpack_and_unpacked_it_compresses(tmp_path):
+    packed = _compress(tmp_path, "lenet5", "packed", ["--rate", "8"])
+    again = tmp_path / "again.onnx"
+    result = _cli("compress", str(packed), "-o", str(again))
+    assert result.exit_code == 2 and not again.exists()
+    assert result.output.strip() == ("error: the model's weights are packed (compress --format packed): "
+                                     "run `onnxjpq unpack` on it first")
+    unpacked = tmp_path / "unpacked.onnx"
+    assert _cli("unpack", str(packed), "-o", str(unpacked)).exit_code == 0
+    assert _cli("compress", str(unpacked), "-o", str(again)).exit_code == 0
