@@ -24,10 +24,13 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
         raise OptionError(f"--format {fmt} with --activations {activations}: the activation path writes its own "
                           "weights (int8 codes behind DequantizeLinear); drop --format, or --activations")
 
-    unused = given_options(act_calibrate="--act-calibrate", act_snr="--act-snr", weights_qdq="--weights-qdq")
+    unused = given_options(act_calibrate="--act-calibrate", act_max_drop="--act-max-drop", act_snr="--act-snr",
+                           weights_qdq="--weights-qdq")
     if unused and activations != "int8":
         raise OptionError(f"{_listed(unused)} with --activations int8; without it "
                           f"{'they have' if len(unused) > 1 else 'it has'} no effect")
+    if given_options(act_max_drop="--act-max-drop") and given_options(act_snr="--act-snr"):
+        raise OptionError("give --act-max-drop or --act-snr, not both: they are two targets for the same choice")
     unused = given_options(min_bits="--min-bits", max_bits="--max-bits", pow2_bits="--pow2-bits",
                            objective="--objective")
     if unused and not budget:
@@ -62,9 +65,13 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
                    "--calib the output SNR and latency against fp32 are measured).")
 @click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="onnxruntime calibrator for the activation ranges.")
-@click.option("--act-snr", type=float, default=25.0, show_default=True,
-              help="Keep the most harmful activations in float until the output SNR (dB) vs the "
-                   "weight-compressed float model reaches this.")
+@click.option("--act-max-drop", type=float, default=1.0, show_default=True,
+              help="Keep the most harmful activations in float until the int8 model loses at most this "
+                   "many points against the weight-compressed float model on --calib, in the measure that "
+                   "fits output 0 (top-1 agreement for class scores, 100 x cosine for features, "
+                   "output-energy points for a regression) or its output SNR reaches 25 dB.")
+@click.option("--act-snr", type=float, default=None,
+              help="Instead of --act-max-drop: the output SNR (dB, over all outputs) to reach.")
 @click.option("--weights-qdq", is_flag=True,
               help="With --activations int8: weights as float -> QuantizeLinear -> DequantizeLinear pairs.")
 @click.option("--max-drop", type=float, default=None,
@@ -97,7 +104,7 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
 @user_errors("src")
 def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib, solver,
-             sequential, activations, act_calibrate, act_snr, weights_qdq, max_drop, data_path, metric,
+             sequential, activations, act_calibrate, act_max_drop, act_snr, weights_qdq, max_drop, data_path, metric,
              prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, embeddings,
              report_path,
              plot_dir, quiet, as_json):
@@ -129,7 +136,8 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
     if plot_dir:  # before any work: a figure that cannot be drawn must not leave a model behind
         from ..graph.io import model_inputs
         check_figure(plot_dir, "layers.png", model_inputs(src), [("output", dst), ("report", report_path)])
-    act = {"int8": ActivationConfig(calibrate=act_calibrate, min_snr_db=act_snr, weights_qdq=weights_qdq),
+    act = {"int8": ActivationConfig(calibrate=act_calibrate, max_drop=act_max_drop, min_snr_db=act_snr,
+                                     weights_qdq=weights_qdq),
            "dynamic": ActivationConfig(mode="dynamic")}.get(activations)
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
                            report_path=report_path, progress=progress_bar(console, "compressing layers"),

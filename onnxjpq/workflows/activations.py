@@ -16,10 +16,12 @@ float model reaches the target.
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import warnings
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,21 +32,31 @@ from onnx import helper
 from ..errors import DataError, ModelError, OptionError, first_line
 from ..graph.normalize import constants_as_initializers
 from ..graph.opset import default_opset, upgrade
+from ..graph.fold import fold_batch_norms
 from ..runtime.data import Dataset
 from ..runtime.sessions import ORT_ERRORS, fixed_batch, run_samples, session
 from .against_fp32 import measure_against_fp32, measured_note, output_snr_db
+from .evaluate import agreement, cosine, snr_db
+from .fidelity import choose_metric, describe, points
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
 PER_AXIS_OPSET = 13  # DequantizeLinear's axis attribute (per-channel steps)
+# outputs this close to the float model's pass --act-max-drop too: near-ties between classes (a
+# pitch bin of 360, a flip in one of few calibration samples) can cost points no user would see
+ENOUGH_SNR_DB = 25.0
 
 
 @dataclass(frozen=True)
 class ActivationConfig:
-    """calibrate: onnxruntime calibrator; min_snr_db: output SNR vs the float model to reach;
-    samples: calibration inputs used; weights_qdq: weights as float -> Q -> DQ pairs."""
+    """calibrate: onnxruntime calibrator; max_drop: points of output 0's fidelity measure
+    (`workflows.fidelity`: top-1 agreement, 100 x cosine or output-energy points) the
+    quantized model may lose against the weight-compressed float model on the calibration
+    data; min_snr_db: instead, the output SNR to reach over all outputs; samples: calibration
+    inputs used; weights_qdq: weights as float -> Q -> DQ pairs."""
 
     calibrate: str = "minmax"
-    min_snr_db: float = 25.0
+    max_drop: float = 1.0
+    min_snr_db: float | None = None
     samples: int = 128
     weights_qdq: bool = False
     mode: str = "static"  # "dynamic": workflows.dynamic (MatMul/Gemm, no calibration needed)
@@ -56,8 +68,40 @@ class ActivationConfig:
             raise OptionError(f"calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrate!r}")
         if self.samples < 1:
             raise OptionError(f"calibration samples must be >= 1, got {self.samples}")
-        if not (np.isfinite(self.min_snr_db) and self.min_snr_db >= 0):
+        if self.min_snr_db is not None and not (np.isfinite(self.min_snr_db) and self.min_snr_db >= 0):
             raise OptionError(f"the activation SNR target must be a finite number of dB >= 0, got {self.min_snr_db}")
+        if not (np.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
+            raise OptionError(f"the activations' max drop must be 0 to 100 points, got {self.max_drop}")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What an attempt is judged by: a score of its outputs against the float model's, to reach."""
+
+    measure: str  # "snr_db" (dB over all outputs) or a workflows.fidelity metric of output 0
+    reason: str
+    goal: float
+    enough_snr_db: float | None = None  # an output SNR this high passes whatever the score
+
+    def met(self, score: float, snr: float) -> bool:
+        return score >= self.goal or (self.enough_snr_db is not None and snr >= self.enough_snr_db)
+
+    def score(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+        if self.measure == "snr_db":
+            return output_snr_db(reference, candidate)
+        ref, cand = reference[0].astype(np.float64), candidate[0].astype(np.float64)
+        if self.measure == "agreement":
+            return agreement(ref, cand)
+        if self.measure == "cosine":
+            return points("cosine", cosine=cosine(ref, cand))
+        return points("snr", snr_db=snr_db(ref, cand))
+
+
+def _target(model: onnx.ModelProto, reference: list[np.ndarray], config: ActivationConfig) -> _Target:
+    if config.min_snr_db is not None:
+        return _Target("snr_db", "--act-snr: output SNR over all outputs", config.min_snr_db)
+    metric = choose_metric(model.graph.output[0].name, list(reference[0].shape[1:]), False, model)
+    return _Target(metric.name, metric.reason, 100.0 - config.max_drop, ENOUGH_SNR_DB)
 
 
 class _Reader:
@@ -116,7 +160,7 @@ def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: Activa
 
 @contextmanager
 def _quiet():
-    """onnxruntime.quantization's logging silenced: advice on every call, tracebacks of the
+    """onnxruntime.quantization's logging and prints silenced: advice on every call, tracebacks of the
     pre-processing failures it recovers from (ours raise), and its calibrators' numpy warnings
     (all-NaN ranges: the failure that follows is reported in one line)."""
     import onnxruntime
@@ -127,7 +171,7 @@ def _quiet():
         log.setLevel(logging.CRITICAL)
     onnxruntime.set_default_logger_severity(3)  # the sessions it opens warn about initializers it left unused
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):  # its calibrators print progress
             warnings.simplefilter("ignore", RuntimeWarning)
             yield
     finally:
@@ -260,39 +304,45 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
     """
     sess = session(model)
     reference = run_samples(sess, data.inputs, config.samples)
+    target = _target(model, reference, config)
     fixed = fixed_batch(sess)
     model, steps, notes = _per_axis_ready(model, steps)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
         src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
         model = _preprocess(model, src, set(steps))
 
-        def attempt(kept: list[str], unsigned: bool) -> tuple[onnx.ModelProto, float]:
+        def attempt(kept: list[str], unsigned: bool) -> tuple[onnx.ModelProto, float, float]:
             qmodel = _quantize(src, dst, cache, _Reader(data, config.samples, fixed), config, steps,
                                [*exclude, *_neighbours(model, kept)], unsigned)
             try:
                 quantized = session(qmodel)
             except ORT_ERRORS as exc:  # not the inputs: the model its quantizer wrote
                 raise ModelError(f"onnxruntime cannot load the model its quantizer wrote: {first_line(exc)}") from exc
-            snr = output_snr_db(reference, run_samples(quantized, data.inputs, config.samples))
+            outputs = run_samples(quantized, data.inputs, config.samples)
+            score, snr = target.score(reference, outputs), output_snr_db(reference, outputs)
             if progress:
                 progress(len(kept), snr)
-            return qmodel, snr
+            return qmodel, score, snr
 
-        qmodel, snr = attempt([], False)
+        result = attempt([], False)
         unsigned = False
-        if snr < config.min_snr_db:
+        if not target.met(*result[1:]):
             # x86 CPUs without VNNI multiply uint8 x int8 with 16-bit saturation; uint8 x uint8 is exact
             alternative = attempt([], True)
-            if alternative[1] > snr:
-                (qmodel, snr), unsigned = alternative, True
-        ranked = rank_by_harm(model, _quantized_tensors(qmodel), data)
+            if alternative[1] > result[1]:
+                result, unsigned = alternative, True
+        everything = result[1:]  # (score, SNR) with every activation int8
+        ranked = rank_by_harm(model, _quantized_tensors(result[0]), data)
         kept: list[str] = []
-        if snr < config.min_snr_db:
-            qmodel, snr, kept = _bisect_float(lambda names: attempt(names, unsigned),
-                                              [name for name, _ in ranked], config.min_snr_db)
+        if not target.met(*result[1:]):
+            result, kept = _bisect_float(lambda names: attempt(names, unsigned), [name for name, _ in ranked],
+                                         lambda r: target.met(*r[1:]))
+    qmodel, score, snr = result
     info = {"calibrate": config.calibrate, "weights": "uint8" if unsigned else "int8",
             "quantized": len(ranked) - len(kept), "kept_float": kept,
-            "output_snr_db": snr, "target_snr_db": config.min_snr_db,
+            "measure": target.measure, "measure_reason": target.reason, "score": score, "goal": target.goal,
+            "met": target.met(score, snr), "enough_snr_db": target.enough_snr_db,
+            "output_snr_db": snr, "all_int8": {"score": everything[0], "output_snr_db": everything[1]},
             "worst_sqnr_db": dict(ranked[:5]), "notes": notes}
     return qmodel, info
 
@@ -306,20 +356,21 @@ def carry_model_info(qmodel: onnx.ModelProto, compressed: onnx.ModelProto) -> No
     qmodel.metadata_props.extend(compressed.metadata_props)
 
 
-def _bisect_float(attempt, ranked: list[str], target: float):
-    """Fewest worst-ranked activations to keep in float so that the SNR reaches `target`."""
+def _bisect_float(attempt, ranked: list[str], good):
+    """Fewest worst-ranked activations to keep in float so that the attempt's result is `good`:
+    (that result, the names kept float)."""
     lo, hi = 0, len(ranked)  # lo fails; hi: everything float
     best = attempt(ranked)
-    if best[1] < target:
-        return (*best, ranked)
+    if not good(best):
+        return best, ranked
     while hi - lo > 1:
         mid = (lo + hi) // 2
         result = attempt(ranked[:mid])
-        if result[1] >= target:
+        if good(result):
             hi, best = mid, result
         else:
             lo = mid
-    return (*best, ranked[:hi])
+    return best, ranked[:hi]
 
 
 def compress_with_activations(model: onnx.ModelProto, weights_config, selection, output,
@@ -334,6 +385,7 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     from ..pipeline.compress import apply_plan, plan_model
 
     float_output = replace(output, format="float", int4=False)
+    model, folded = fold_batch_norms(model)  # the codes are then those of the weight the runtime multiplies by
     plan = plan_model(model, weights_config, selection, float_output)
     compressed, report = apply_plan(model, plan, selection, float_output,
                                     {"method": plan.method, "config": asdict(weights_config), "notes": []},
@@ -356,20 +408,43 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
         total["bops"] = sum(row["bops"] for row in report["layers"] if row["bops"] is not None)
         total["bops_ratio"] = 1024 * total["macs"] / total["bops"]
     info |= measure_against_fp32(model, qmodel, calib)
+    if folded:
+        info["notes"].insert(0, f"{folded} BatchNormalization folded into the Conv before them")
     report["settings"]["activations"] = info
     report["settings"]["notes"].extend(info["notes"])
     report["settings"]["notes"].append(measured_note("int8", info) + f"; {len(info['kept_float'])} activations "
                                        "stayed float (settings.activations.kept_float)")
-    if info["output_snr_db"] < config.min_snr_db:
-        report["settings"]["notes"].append(
-            f"activation SNR target {config.min_snr_db:g} dB not reached even with every "
-            "activation in float")
+    goal = _goal_text(info)
+    if not info["met"]:
+        report["settings"]["notes"].append(f"activation target ({goal}) not reached even with every "
+                                           "activation in float")
     elif info["kept_float"]:
-        report["settings"]["notes"].append(f"{len(info['kept_float'])} activations kept in float to reach "
-                                           f"{config.min_snr_db:g} dB")
+        report["settings"]["notes"].append(f"{len(info['kept_float'])} activations kept in float to reach {goal}")
+    if info["kept_float"] and info["latency_ratio"] and info["latency_ratio"] >= 1:
+        report["settings"]["notes"].append(_no_speed_note(info))
     if info["quantized"] == 0:
         report["settings"]["notes"].append(
             "every activation stayed in float, so the output has no int8 activation path: the calibrator "
             f"({config.calibrate})" + (" and the weights' QDQ pairs" if config.weights_qdq else "")
-            + " had no effect; lower the SNR target (--act-snr) to quantize some")
+            + " had no effect; allow a larger drop (--act-max-drop) to quantize some")
     return qmodel, report
+
+
+def _goal_text(info: dict) -> str:
+    if info["measure"] == "snr_db":
+        return f"an output SNR of {info['goal']:g} dB"
+    return (f"{info['goal']:g} {describe(info['measure'])} against the float model ({info['measure_reason']}) "
+            f"or an output SNR of {info['enough_snr_db']:g} dB")
+
+
+def _no_speed_note(info: dict) -> str:
+    """Float islands cost a DequantizeLinear/QuantizeLinear pair each and break the fusions:
+    say when they ate the speed, and what every activation in int8 measured."""
+    everything = info["all_int8"]
+    measured = (f"an output SNR of {everything['output_snr_db']:.1f} dB" if info["measure"] == "snr_db" else
+                f"{everything['score']:.2f} {describe(info['measure'])} (output SNR {everything['output_snr_db']:.1f} dB)")
+    allow = ("a lower --act-snr" if info["measure"] == "snr_db"
+             else f"--act-max-drop {math.ceil(100 * (100 - everything['score'])) / 100:g}")
+    return (f"with {len(info['kept_float'])} activations in float the int8 model runs at "
+            f"{info['latency_ratio']:.2f}x fp32's latency: no speed gained; with every activation in int8 it "
+            f"measured {measured} on the calibration data ({allow} allows that; check it on your own metric)")

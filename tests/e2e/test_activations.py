@@ -1,5 +1,6 @@
 """--activations int8: full QDQ models from onnxruntime's calibrators with onnxjpq's weight codes."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,18 @@ def test_cli_activations_need_calibration_data(tmp_path):
     assert result.exit_code == 2
     assert "calibration data" in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.slow
+def test_json_output_stays_json_with_a_calibrator_that_prints(tmp_path):
+    """onnxruntime's percentile and entropy calibrators print their progress to stdout."""
+    result = CliRunner().invoke(main, [
+        "compress", str(MODELS / "lenet5.onnx"), "-o", str(tmp_path / "o.onnx"), "--json", "--calib",
+        str(MODELS / "lenet5_train.npz"), "--activations", "int8", "--act-calibrate", "percentile"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["settings"]["activations"]["calibrate"] == "percentile"
+    assert report["settings"]["activations"]["measure"] == "agreement"
 
 
 def _fixed_batch_mlp(path: Path) -> None:
@@ -231,10 +244,10 @@ def test_a_failure_inside_onnxruntimes_quantizer_is_one_line_and_exit_2(tmp_path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
 
 
-def test_a_conv_batchnorm_pair_keeps_its_coded_weights(tmp_path):
-    """onnxruntime's pre-processing fuses Conv+BatchNormalization, rescaling the weights onnxjpq
-    coded (its quantizer then refused: 'has per-channel overrides, but is not an initializer',
-    as on PP-OCR); the pair is quantized unfused instead."""
+def test_a_conv_batchnorm_pair_is_folded_before_its_weights_are_coded(tmp_path):
+    """The BatchNormalization is folded into the Conv before the weights are coded, so the int8
+    codes are those of the weight onnxruntime multiplies by: one QLinearConv, no float
+    BatchNormalization between a DequantizeLinear and a QuantizeLinear (as on PP-OCR, 35 of them)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from onnxjpq.testing import laplace
@@ -253,8 +266,14 @@ def test_a_conv_batchnorm_pair_keeps_its_coded_weights(tmp_path):
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
     np.savez(calib, x=rng.standard_normal((16, 4, 8, 8)).astype(np.float32))
     result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--calib", str(calib),
-                                       "--activations", "int8"])
+                                       "--activations", "int8", "--report", str(tmp_path / "report.json")])
     assert result.exit_code == 0, result.output
     qmodel = onnx.load(out)
-    assert {"BatchNormalization", "Conv", "DequantizeLinear"} <= {n.op_type for n in qmodel.graph.node}
+    ops = [n.op_type for n in qmodel.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 1 and "QuantizeLinear" in ops
+    notes = json.loads((tmp_path / "report.json").read_text())["settings"]["notes"]
+    assert "1 BatchNormalization folded into the Conv before them" in notes
+    x = {"x": np.load(calib)["x"][:4]}
+    want, got = (session(load_model(path)).run(None, x)[0] for path in (src, out))
+    assert output_snr_db([want], [got]) >= 25
     assert any(t.data_type == TensorProto.INT8 and tuple(t.dims) == (8, 4, 3, 3) for t in qmodel.graph.initializer)
