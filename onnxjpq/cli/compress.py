@@ -26,8 +26,8 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
 
     unused = given_options(act_calibrate="--act-calibrate", act_max_drop="--act-max-drop", act_snr="--act-snr",
                            weights_qdq="--weights-qdq")
-    if unused and activations != "int8":
-        raise OptionError(f"{_listed(unused)} with --activations int8; without it "
+    if unused and activations not in ("int8", "auto"):
+        raise OptionError(f"{_listed(unused)} with --activations int8 or auto; without it "
                           f"{'they have' if len(unused) > 1 else 'it has'} no effect")
     if given_options(act_max_drop="--act-max-drop") and given_options(act_snr="--act-snr"):
         raise OptionError("give --act-max-drop or --act-snr, not both: they are two targets for the same choice")
@@ -59,10 +59,12 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
               help=".npz of model inputs: every layer is solved on the inputs it sees on them (data-aware "
                    "compression, in every mode), and --activations int8 is calibrated on them.")
 @with_data_aware
-@click.option("--activations", type=click.Choice(["float", "int8", "dynamic"]), default="float", show_default=True,
+@click.option("--activations", type=click.Choice(["float", "int8", "dynamic", "auto"]), default="float",
+              show_default=True,
               help="int8: also quantize activations (full QDQ model, integer kernels), calibrated on --calib; "
                    "dynamic: int8 MatMul/Gemm inputs quantized at run time (no calibration needed; with "
-                   "--calib the output SNR and latency against fp32 are measured).")
+                   "--calib the output SNR and latency against fp32 are measured); auto: build both on "
+                   "--calib and keep the faster that meets the --act-max-drop/--act-snr target.")
 @click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="onnxruntime calibrator for the activation ranges.")
 @click.option("--act-max-drop", type=float, default=1.0, show_default=True,
@@ -138,7 +140,9 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
         check_figure(plot_dir, "layers.png", model_inputs(src), [("output", dst), ("report", report_path)])
     act = {"int8": ActivationConfig(calibrate=act_calibrate, max_drop=act_max_drop, min_snr_db=act_snr,
                                      weights_qdq=weights_qdq),
-           "dynamic": ActivationConfig(mode="dynamic")}.get(activations)
+           "dynamic": ActivationConfig(mode="dynamic"),
+           "auto": ActivationConfig(calibrate=act_calibrate, max_drop=act_max_drop, min_snr_db=act_snr,
+                                    weights_qdq=weights_qdq, mode="auto")}.get(activations)
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
                            report_path=report_path, progress=progress_bar(console, "compressing layers"),
                            calib=calib, activations=act, log=progress_log(console), data_aware=data_aware)

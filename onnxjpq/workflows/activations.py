@@ -59,11 +59,11 @@ class ActivationConfig:
     min_snr_db: float | None = None
     samples: int = 128
     weights_qdq: bool = False
-    mode: str = "static"  # "dynamic": workflows.dynamic (MatMul/Gemm, no calibration needed)
+    mode: str = "static"  # "dynamic": workflows.dynamic (MatMul/Gemm, no calibration needed); "auto": both, measured
 
     def __post_init__(self):
-        if self.mode not in ("static", "dynamic"):
-            raise OptionError(f"activation mode must be static or dynamic, got {self.mode!r}")
+        if self.mode not in ("static", "dynamic", "auto"):
+            raise OptionError(f"activation mode must be static, dynamic or auto, got {self.mode!r}")
         if self.calibrate not in CALIBRATORS:
             raise OptionError(f"calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrate!r}")
         if self.samples < 1:
@@ -97,7 +97,8 @@ class _Target:
         return points("snr", snr_db=snr_db(ref, cand))
 
 
-def _target(model: onnx.ModelProto, reference: list[np.ndarray], config: ActivationConfig) -> _Target:
+def target_for(model: onnx.ModelProto, reference: list[np.ndarray], config: ActivationConfig) -> _Target:
+    """What int8 outputs must reach against `reference` (the float model's outputs on the calibration data)."""
     if config.min_snr_db is not None:
         return _Target("snr_db", "--act-snr: output SNR over all outputs", config.min_snr_db)
     metric = choose_metric(model.graph.output[0].name, list(reference[0].shape[1:]), False, model)
@@ -304,7 +305,7 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
     """
     sess = session(model)
     reference = run_samples(sess, data.inputs, config.samples)
-    target = _target(model, reference, config)
+    target = target_for(model, reference, config)
     fixed = fixed_batch(sess)
     model, steps, notes = _per_axis_ready(model, steps)
     with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:

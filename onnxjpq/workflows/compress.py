@@ -22,6 +22,7 @@ from ..pipeline.stream import compress_streaming
 from ..runtime.data import load_dataset
 from ..runtime.sessions import open_session
 from .activations import ActivationConfig, compress_with_activations
+from .auto_activations import compress_auto
 from .dynamic import compress_dynamic
 from .file_budget import within_file_size
 from .data_aware import DataAwareConfig, compress_data_aware
@@ -44,11 +45,12 @@ def _run(model, config, selection, output, activations, progress, calib, log=Non
         return out, report
     if activations is not None:
         if calib is None:
-            raise OptionError("activation quantization needs calibration data (--calib DATA.npz)")
+            raise OptionError("activation quantization needs calibration data (--calib DATA.npz)"
+                              + ("; auto measures static and dynamic int8 on it" if activations.mode == "auto" else ""))
         if isinstance(config, SearchConfig):
             raise OptionError("--max-drop searches weight compression only; drop --activations")
-        out, report = compress_with_activations(model, config, selection, output, activations,
-                                                dataset(calib), progress)
+        build = compress_auto if activations.mode == "auto" else compress_with_activations
+        out, report = build(model, config, selection, output, activations, dataset(calib), progress)
         check_output(out, output.check_runtime)
         return out, report
     options = data_aware or DataAwareConfig()
