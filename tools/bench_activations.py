@@ -127,12 +127,14 @@ def minilm_rows(tmp: Path, threads: int, runs: int) -> list[str]:
             ("`--activations int8 --calib`", ActivationConfig(), Selection(), calib),
             ("`--activations dynamic`", ActivationConfig(mode="dynamic"), Selection(), None),
             ("`--activations dynamic --embeddings`", ActivationConfig(mode="dynamic"), Selection(embeddings=True),
-             None)):
+             None),
+            ("`--activations auto --calib`", ActivationConfig(mode="auto"), Selection(), calib)):
         out = tmp / f"minilm.{len(candidates)}.onnx"
         report = compress_file(fp32, out, OpqConfig(bits=8), selection, calib=data, activations=act)
-        kept = report["settings"]["activations"].get("kept_float")
-        candidates[label] = (out, f"{len(kept)} activations float" if kept is not None else
-                             f"{report['settings']['activations']['int8_layers']} int8 MatMul")
+        info = report["settings"]["activations"]
+        kept = info.get("kept_float")
+        detail = (f"{len(kept)} activations float" if kept is not None else f"{info['int8_layers']} int8 MatMul")
+        candidates[label] = (out, detail + (f" (chose {info['auto']['chosen']})" if "auto" in info else ""))
     ort_dynamic = tmp / "minilm.ort.onnx"
     quantize_dynamic(str(fp32), str(ort_dynamic), per_channel=True, weight_type=QuantType.QInt8)
     candidates["onnxruntime `quantize_dynamic` (per channel)"] = (ort_dynamic, "its defaults")

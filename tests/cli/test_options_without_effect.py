@@ -117,3 +117,18 @@ def test_activation_quantization_that_keeps_everything_float_says_its_options_di
     assert report["settings"]["activations"]["quantized"] == 0
     assert any(n.startswith("every activation stayed in float") and "(minmax) had no effect" in n
                for n in report["settings"]["notes"])
+
+
+def test_two_targets_for_the_activations_are_refused(tmp_path):
+    out = tmp_path / "out.onnx"
+    _refused(_run("compress", LENET5, "-o", out, "--activations", "int8", "--calib", TRAIN, "--act-snr", 20,
+                  "--act-max-drop", 0.5), "give --act-max-drop or --act-snr, not both")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("drop", ["nan", "-1", "101"])
+def test_an_activation_drop_outside_0_to_100_points_is_refused(drop, tmp_path):
+    out = tmp_path / "out.onnx"
+    _refused(_run("compress", LENET5, "-o", out, "--activations", "auto", "--calib", TRAIN, "--act-max-drop", drop),
+             "the activations' max drop must be 0 to 100 points")
+    assert not out.exists()
