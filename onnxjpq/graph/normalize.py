@@ -17,6 +17,7 @@ three equivalent rewrites of the ModelProto, each only where it applies:
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
@@ -114,3 +115,50 @@ def constants_as_initializers(model: onnx.ModelProto, names=None) -> list[str]:
             graph.node.remove(node)
             moved.append(tensor.name)
     return moved
+
+
+def sort_nodes(graph: onnx.GraphProto) -> bool:
+    """Put the nodes of `graph` and of each subgraph in topological order, in place, keeping
+    the given order wherever it is already valid (onnxruntime's dynamic quantizer writes
+    graphs onnx.checker refuses as unsorted). Returns False, leaving a graph as it was, when
+    its nodes form a cycle."""
+    nodes = list(graph.node)
+    sorted_all = True
+    for node in nodes:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                sorted_all &= sort_nodes(sub)
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    waits_on = [{producer[name] for name in _reads(node) if name in producer} - {i} for i, node in enumerate(nodes)]
+    readers: list[list[int]] = [[] for _ in nodes]
+    for i, needed in enumerate(waits_on):
+        for j in needed:
+            readers[j].append(i)
+    pending = [len(needed) for needed in waits_on]
+    ready = [i for i, count in enumerate(pending) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in readers[i]:
+            pending[k] -= 1
+            if pending[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) != len(nodes):
+        return False
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
+    return sorted_all
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The names a node reads: its inputs and what its subgraphs take from the scope around them."""
+    names = {name for name in node.input if name}
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            inner = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            inner |= {name for n in sub.node for name in n.output}
+            names |= {name for n in sub.node for name in _reads(n)} - inner
+    return names

@@ -30,7 +30,7 @@ import onnx
 from onnx import helper
 
 from ..errors import DataError, ModelError, OptionError, first_line
-from ..graph.normalize import constants_as_initializers
+from ..graph.normalize import constants_as_initializers, sort_nodes
 from ..graph.opset import default_opset, upgrade
 from ..graph.fold import fold_batch_norms
 from ..runtime.data import Dataset
@@ -156,7 +156,9 @@ def _quantize(src: Path, dst: Path, cache: Path, reader: _Reader, config: Activa
             _quantize_static(src, dst, cache, reader, config, overrides, exclude, unsigned)
     except Exception as exc:  # onnxruntime.quantization raises many types, with multi-line messages
         raise ModelError(f"onnxruntime's quantizer failed on this model: {first_line(exc)}") from exc
-    return onnx.load(str(dst))
+    qmodel = onnx.load(str(dst))
+    sort_nodes(qmodel.graph)  # onnxruntime's quantizers can write nodes out of order around If branches
+    return qmodel
 
 
 @contextmanager

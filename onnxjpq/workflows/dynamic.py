@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError, first_line
-from ..graph.normalize import constants_as_initializers
+from ..graph.normalize import constants_as_initializers, sort_nodes
 from ..runtime.data import Dataset
 from ..runtime.sessions import ORT_ERRORS, session
 from .activations import _named, _quiet, carry_model_info
@@ -48,6 +48,7 @@ def _quantize_dynamic(model: onnx.ModelProto, tmp: Path, ops: tuple[str, ...], w
     except Exception as exc:  # onnxruntime.quantization raises many types, with multi-line messages
         raise ModelError(f"onnxruntime's dynamic quantizer failed on this model: {first_line(exc)}") from exc
     qmodel = onnx.load(str(dst))
+    sort_nodes(qmodel.graph)  # its quantizer can leave a node before the If whose output it reads
     try:
         session(qmodel)
     except ORT_ERRORS as exc:
