@@ -13,7 +13,8 @@ onnxjpq.zoo.cnns (PP-OCR's recognizer, detector and direction classifier, an
 image-orientation classifier, CREPE, basic-pitch; each installed with
 `--no-deps`): `--activations int8` calibrated on 16 samples, with the default
 target and with every activation int8, fidelity in the model's own measure of
-its decisions on its evaluation samples (onnxjpq.zoo.cnns). fp32 and each candidate are
+its decisions on its evaluation samples (onnxjpq.zoo.cnns). silero-vad's If-less export: `--activations dynamic`, speech
+decisions over 10 s of synthetic speech. fp32 and each candidate are
 timed in the same run: median of --runs inferences (one image; 8 sentences)
 after warm-up, at a fixed thread count.
 """
@@ -107,6 +108,30 @@ def zoo_rows(tmp: Path, threads: int, runs: int) -> list[str]:
     return rows
 
 
+def silero_rows(tmp: Path, threads: int, runs: int) -> list[str]:
+    """silero-vad (If-less export): the dynamic path, timed on one 576-sample chunk with its state;
+    fidelity: speech decisions over 10 s of synthetic speech streamed chunk by chunk."""
+    from onnxjpq.zoo import silero
+
+    path = silero.model_path("silero_vad_op18_ifless.onnx")
+    if path is None:
+        return ["| silero-vad | not installed: pip install --no-deps silero-vad | | | | | | |"]
+    out = tmp / "silero.dynamic.onnx"
+    report = compress_file(path, out, OpqConfig(bits=8), activations=ActivationConfig(mode="dynamic"))
+    feeds = {"input": np.zeros((1, 576), np.float32), "sr": np.array(16000, np.int64),
+             "state": np.zeros((2, 1, 128), np.float32)}
+    base, quant = median_latency_ms(path, feeds, threads, runs), median_latency_ms(out, feeds, threads, runs)
+    audio = silero.synthetic_speech(10, 0)
+    tracks = [silero.speech_probabilities(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]), audio)
+              for p in (path, out)]
+    agreement = silero.fidelity(*tracks)["agreement"]
+    layers = report["settings"]["activations"]["int8_layers"]
+    return [f"| silero-vad | `--activations dynamic` | {base:.3f} | {quant:.3f} | {quant / base:.2f}x | "
+            f"decisions {agreement:.3f} | {out.stat().st_size / path.stat().st_size:.2f} | {layers} int8 MatMul: "
+            "its weights are Conv and LSTM; static int8 needs calibration feeds carrying the recurrent state "
+            "([2, batch, 128]), which --calib's samples stacked on axis 0 cannot hold |"]
+
+
 def _embed(path: Path, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([output], feeds)[0]
 
@@ -167,6 +192,8 @@ def main() -> None:
         if not args.skip_zoo:
             for row in zoo_rows(Path(tmp), args.threads, args.runs):
                 print(row, flush=True)
+        for row in silero_rows(Path(tmp), args.threads, args.runs):
+            print(row, flush=True)
         if not args.skip_minilm:
             for row in minilm_rows(Path(tmp), args.threads, args.runs):
                 print(row, flush=True)
