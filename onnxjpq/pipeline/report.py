@@ -143,7 +143,7 @@ def print_report(report: dict, console) -> None:
     console.print(
         f"params {t['params']:,}  nonzero {t['nonzero']:,}  {zeros}  "
         f"avg bits {t['avg_bits']:.2f}  rate {t['rate']:.1f}x  storage rate {t['storage_rate']:.1f}x  "
-        f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({t['file_ratio']:.1f}x smaller"
+        f"file {t['bytes_in']:,} -> {t['bytes_out']:,} bytes ({size_change(t['file_ratio'])}"
         + (f", {t['bytes_xz']:,} with xz" if t.get("bytes_xz") else "") + ")"
         + (f"  BOPs {t['bops_ratio']:.1f}x fewer" if t.get("bops_ratio") else ""))
     for note in report["settings"].get("notes", []):
@@ -152,3 +152,14 @@ def print_report(report: dict, console) -> None:
 
 def _short(name: str, width: int = 40) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def size_change(ratio: float) -> str:
+    """A file ratio (bytes in / bytes out) in words.
+
+    >>> size_change(4.04), size_change(0.98), size_change(1.0)
+    ('4.0x smaller', '1.02x larger', 'the same size')
+    """
+    if round(ratio, 2) == 1:
+        return "the same size"
+    return f"{ratio:.1f}x smaller" if ratio > 1 else f"{1 / ratio:.2f}x larger"

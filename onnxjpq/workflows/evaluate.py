@@ -30,6 +30,7 @@ import onnx
 
 from ..errors import DataError, ModelError, OptionError, ValidationError
 from ..graph.io import file_bytes
+from ..pipeline.report import size_change
 from .fidelity import Metric, choose_metric, describe, points
 
 
@@ -370,7 +371,7 @@ def print_evaluation(result: dict, console) -> None:
                       f"median of {t['runs']}", f"{m['ref_latency_ms']:.3f} ms", f"{m['latency_ms']:.3f} ms",
                       f"{m['latency_ratio']:.2f}x")
     table.add_row("file size", f"{s['bytes_ref']:,} B", f"{s['bytes_cand']:,} B",
-                  f"{1 / s['size_ratio']:.3f}x ({s['size_ratio']:.1f}x smaller)")
+                  f"{1 / s['size_ratio']:.3f}x ({size_change(s['size_ratio'])})")
     console.print(table)
     outputs = Table(title="candidate against reference, per output", header_style="bold")
     for col in ("output", "shape", "SNR dB", "cosine", "max |error|"):
