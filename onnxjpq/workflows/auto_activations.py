@@ -37,11 +37,11 @@ def compress_auto(model: onnx.ModelProto, weights_config, selection, output, con
             built[mode] = build()
         except ModelError as exc:  # onnxruntime could not build or load this path
             failed[mode] = str(exc)
-    if not built:
-        raise ModelError(f"neither int8 path runs on this model: {failed['static']}")
     if "dynamic" in built and built["dynamic"][1]["settings"]["activations"]["int8_layers"] == 0:
         failed["dynamic"] = "no MatMul or Gemm weight onnxruntime's dynamic path quantizes"
         del built["dynamic"]
+    if not built:
+        raise ModelError(f"no int8 path runs on this model: static: {failed['static']}; dynamic: {failed['dynamic']}")
     measured = _measure(model, {mode: qmodel for mode, (qmodel, _) in built.items()}, calib, config)
     passing = [m for m in measured if measured[m]["met"]]
     chosen = (min(passing, key=lambda m: measured[m]["latency_ratio"]) if passing

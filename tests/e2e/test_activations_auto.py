@@ -44,3 +44,4 @@ def test_auto_needs_calibration_data(tmp_path):
     assert result.exit_code == 2 and not out.exists()
     assert result.output == ("error: activation quantization needs calibration data (--calib DATA.npz); auto "
                              "measures static and dynamic int8 on it\n")
+

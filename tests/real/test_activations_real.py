@@ -56,3 +56,17 @@ def test_silero_exports_get_a_dynamic_model_or_one_line(tmp_path):
             onnx.checker.check_model(onnx.load(str(out)))
         else:
             assert result.exit_code == 2 and result.output.count("\n") == 1 and not out.exists(), (name, result.output)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_auto_on_a_model_with_no_int8_path_is_one_line(cnn_case, tmp_path):
+    """basic-pitch: onnxruntime rejects its static quantizer's output, and it has no MatMul/Gemm weight."""
+    case = cnn_case("basicpitch")
+    calib, out = tmp_path / "calib.npz", tmp_path / "auto.onnx"
+    np.savez(calib, **case.entry.data(16, 1))
+    result = CliRunner().invoke(main, ["compress", str(case.path), "-o", str(out), "-q", "--calib", str(calib),
+                                       "--activations", "auto"])
+    assert result.exit_code == 2 and not out.exists(), result.output
+    assert result.output.startswith("error: no int8 path runs on this model: static: onnxruntime cannot load")
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
