@@ -13,6 +13,7 @@ import torch
 
 from ..pipeline.compress import OutputConfig, apply_plan, find_model_layers, float_params, plan_model
 from ..errors import OptionError
+from ..graph.fold import fold_batch_norms
 from ..graph.layers import Selection
 from ..runtime.data import Dataset
 from ..runtime.sessions import accuracy, predict, session
@@ -56,6 +57,10 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     if (wanted is None and isinstance(config, tuple(_CONFIGS.values()))) or \
             (wanted is not None and not isinstance(config, wanted)):
         raise OptionError(f"the {method} method was given a {type(config).__name__}")
+    scales: dict[str, np.ndarray] = {}
+    folded = 0
+    if method == "djpq" and torch_module is None:  # a pruned channel then stays exactly zero
+        model, folded = fold_batch_norms(model, scales)
     layers, skipped = find_model_layers(model, selection)
     module = (OnnxModule(model) if torch_module is None
               else TorchModel(torch_module, model, [l.name for l in layers]))
@@ -80,7 +85,7 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     if method == "djpq":
         phase = "djpq"
         plan, learned = _djpq_phase(model, module, layers, config, data, train_config, teacher, log_epoch, on_step,
-                                    first, settings)
+                                    first, settings, scales)
         retrain = dict(epochs=config.retrain_epochs, lr=config.lr, optimizer="adam")
     elif method == "admm":
         phase = "admm"
@@ -99,8 +104,10 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
         train(module, data, replace(train_config, **retrain), teacher, log_epoch, on_step, resume_from=second,
               tag={"method": method, "phase": phase, "previous": previous, "settings": settings})
     missed = plan.diagnostics.get("budget_missed")
+    notes = [f"{folded} BatchNormalization folded into the Conv before them (their scales kept out of DJPQ's "
+             "quantizers)"] if folded else []
     out, report = apply_plan(with_weights(model, _final_arrays(module)), plan, selection, output,
-                             {"method": method, "notes": [missed] if missed else []})
+                             {"method": method, "notes": notes + ([missed] if missed else [])})
     report["finetune"] = {"method": method, "config": asdict(config) if method != "masked" else None,
                           "train": asdict(train_config), "history": history, "accuracy_fp32": fp32,
                           "accuracy_before": before, "learned_bits": learned,
@@ -177,14 +184,14 @@ def _resume_points(train_config: TrainConfig, method: str, settings: str) -> tup
 
 
 def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, teacher, log_epoch, on_step,
-                resume_from: dict | None = None, settings: str | None = None):
+                resume_from: dict | None = None, settings: str | None = None, scales: dict | None = None):
     """Train quantizers, gates and weights together; leave the module holding the learned weights
     (codes x steps) with the DJPQ machinery removed, and return the plan giving them."""
     shapes = tensor_shapes(model, {name: array.shape for name, array in data.inputs.items()})
     macs = data_macs(model, layers, data)
     if any(v is None for v in macs.values()):
         raise OptionError("DJPQ needs every layer's MACs: shape inference could not find them")
-    state = DjpqState(module, layers, macs, config, shapes)
+    state = DjpqState(module, layers, macs, config, shapes, scales)
 
     def end_epoch(epoch: int, entry: dict) -> None:
         entry["bops_ratio"] = state.bops_ratio()
@@ -203,8 +210,9 @@ def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, t
             f"DJPQ reached {reached:.1f}x fewer BOPs, not the {config.rate:g}x asked: the bits stopped above "
             f"the floor of {config.min_bits} and " + (f"only {links} layers' input channels follow" if links else
                                                        "no layer's input channels follow")
-            + " a prunable channel exactly (a BatchNormalization or bias between them keeps a zero channel from "
-            "staying zero); more --epochs or a higher --lr move the bits further")
+            + " a prunable channel exactly (an op between them that maps zero elsewhere, such as an added bias or "
+            "HardSigmoid, keeps a zero channel from staying zero); pruning after training could not close the gap, "
+            "so it pruned nothing; more --epochs or a higher --lr move the bits further")
     state.detach()
     with torch.no_grad():
         for name, values in arrays.items():

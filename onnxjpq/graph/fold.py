@@ -27,10 +27,12 @@ from .normalize import constants_as_initializers
 FOLDABLE_TYPES = (np.float16, np.float32, np.float64)
 
 
-def fold_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def fold_batch_norms(model: onnx.ModelProto, scales: dict[str, np.ndarray] | None = None
+                     ) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with every foldable Conv→BatchNormalization pair made one Conv, and
     how many were folded (`model` itself, unchanged, when none is). Their weights and
-    parameters held in Constant nodes become initializers."""
+    parameters held in Constant nodes become initializers. `scales`, when given, receives
+    each folded weight's per-output-channel factor s (weight name -> s)."""
     if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
         return model, 0
     out = onnx.ModelProto()
@@ -47,7 +49,9 @@ def fold_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     taken = set(inits) | {v for n in graph.node for v in (*n.input, *n.output)}
     folded, unread = set(), set()
     for conv, norm in pairs:
-        weight, bias = _fold(conv, norm, inits)
+        weight, bias, factor = _fold(conv, norm, inits)
+        if scales is not None:
+            scales[conv.input[1]] = factor
         inits[conv.input[1]].CopyFrom(numpy_helper.from_array(weight, conv.input[1]))
         if len(conv.input) > 2 and conv.input[2]:
             inits[conv.input[2]].CopyFrom(numpy_helper.from_array(bias, conv.input[2]))
@@ -106,8 +110,8 @@ def _foldable_pairs(graph: onnx.GraphProto):
             yield conv, norm
 
 
-def _fold(conv: onnx.NodeProto, norm: onnx.NodeProto, inits: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The folded weight and bias, computed in float64 and stored in the weight's type."""
+def _fold(conv: onnx.NodeProto, norm: onnx.NodeProto, inits: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The folded weight and bias, computed in float64 and stored in the weight's type, and s."""
     weight = numpy_helper.to_array(inits[conv.input[1]])
     shape = weight.shape
     scale, shift, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64).reshape(-1)
@@ -123,7 +127,7 @@ def _fold(conv: onnx.NodeProto, norm: onnx.NodeProto, inits: dict) -> tuple[np.n
         factor = s.reshape((groups, 1, -1) + (1,) * (weight.ndim - 2))
         weight = weight.reshape((groups, -1) + weight.shape[1:])
     folded = (weight.astype(np.float64) * factor).reshape(shape)
-    return folded.astype(weight.dtype), (s * bias + shift - s * mean).astype(weight.dtype)
+    return folded.astype(weight.dtype), (s * bias + shift - s * mean).astype(weight.dtype), s
 
 
 def _fresh(name: str, taken: set[str]) -> str:

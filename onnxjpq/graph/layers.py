@@ -446,17 +446,16 @@ def kept_names(layers: list[WeightLayer], selection: Selection, budget: bool = F
     """Names of the layers `selection.keep` holds at 8 bits ("first", "last", or patterns;
     "auto" is "first,last" unless `budget`).
 
-    "first" and "last" apply to models of three layers or more, and only to a
-    layer holding at most KEEP_SHARE of the weights: keeping a dominant layer
-    dense would leave little to compress.
+    "first" and "last" apply to models of three layers or more; those that "auto"
+    chooses only to a layer holding at most KEEP_SHARE of the weights (keeping a
+    dominant layer dense would leave little to compress), those given by name always.
     """
     words = set(selection.keep)
-    if "auto" in words and not budget:
-        words |= {"first", "last"}
+    guarded = {"first", "last"} - words if "auto" in words and not budget else set()
     total = sum(l.values.size for l in layers)
     ends = {"first": layers[:1], "last": layers[-1:]} if len(layers) >= 3 else {}
-    keep = {l.name for word, chosen in ends.items() if word in words
-            for l in chosen if l.values.size <= KEEP_SHARE * total}
+    keep = {l.name for word, chosen in ends.items() if word in words | guarded
+            for l in chosen if word in words or l.values.size <= KEEP_SHARE * total}
     patterns = tuple(p for p in selection.keep if p not in ("first", "last", "auto"))
     keep |= {l.name for l in layers if _matches(patterns, [l.name, *l.node_names])}
     return frozenset(keep)

@@ -20,6 +20,7 @@ from onnxjpq.finetune.run import finetune  # noqa: E402
 from onnxjpq.finetune.train import TrainConfig  # noqa: E402
 from onnxjpq.graph.io import load_model  # noqa: E402
 from onnxjpq.testing import make_model  # noqa: E402
+from onnxjpq.graph.layers import Selection  # noqa: E402
 from onnxjpq.runtime.data import load_dataset  # noqa: E402
 from onnxjpq.runtime.sessions import accuracy, predict, session
 
@@ -286,6 +287,18 @@ def test_djpq_meets_the_budget_by_pruning_the_least_informative_channels_that_fe
         assert kept.all() or not kept[0]
 
 
+def test_djpq_prunes_nothing_after_training_when_the_budget_is_out_of_reach_anyway():
+    from onnxjpq.finetune.djpq import DjpqConfig
+
+    _, state = _djpq_state(load_model(MODELS / "lenet5.onnx"), DjpqConfig(rate=200, min_bits=3))
+    with torch.no_grad():
+        for q in state.quantizers.values():
+            q.log_d.fill_(20.0)  # at the 3-bit floor: 10.7x; pruning a quarter of each layer cannot give 200x
+    before = state.bops_ratio()
+    assert state.meet_budget() == 0
+    assert state.bops_ratio() == before and all(bool(q.kept().all()) for q in state.quantizers.values())
+
+
 def test_djpq_quantizer_bits_stay_between_2_and_8():
     from onnxjpq.finetune.djpq import LayerQuantizer
 
@@ -335,3 +348,54 @@ def test_djpq_takes_its_learning_rate_from_the_command_line(tmp_path, given):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["finetune"]["config"]["lr"] == (0.0005 if given else 1e-3)
+
+
+def test_djpq_on_a_folded_batchnorm_quantizes_the_unscaled_weight_and_exports_what_it_trained():
+    """A BatchNormalization folded into its Conv (graph.fold) leaves its per-channel scale outside
+    DJPQ's one learned range: the codes are those of the unfolded weight, the steps carry the scale,
+    and the export computes what the module computed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxjpq.finetune.djpq import DjpqConfig, DjpqState
+    from onnxjpq.graph.fold import fold_batch_norms
+    from onnxjpq.graph.macs import layer_macs, tensor_shapes
+    from onnxjpq.pipeline.compress import find_model_layers
+    from onnxjpq.testing import laplace
+
+    rng = np.random.default_rng(0)
+    gamma = np.geomspace(0.01, 10, 8).astype(np.float32)  # channel scales three decades apart
+    inits = [numpy_helper.from_array(laplace((8, 3, 3, 3)), "W1"), numpy_helper.from_array(gamma, "g"),
+             *(numpy_helper.from_array(a.astype(np.float32), n) for a, n in
+               ((rng.normal(size=8), "b"), (rng.normal(size=8), "m"), (rng.uniform(0.5, 2, 8), "v"))),
+             numpy_helper.from_array(laplace((4, 8, 3, 3), seed=1), "W2")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W1"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+         helper.make_node("Relu", ["n"], ["r"]), helper.make_node("Conv", ["r", "W2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6, 6])], inits)
+    scales = {}
+    model, folded = fold_batch_norms(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), scales)
+    assert folded == 1 and set(scales) == {"W1"}
+    layers, _ = find_model_layers(model, Selection(min_params=0))
+    shapes = tensor_shapes(model)
+    module = OnnxModule(model)
+    state = DjpqState(module, layers, {l.name: layer_macs(l, shapes) for l in layers}, DjpqConfig(), shapes,
+                      scales)
+    q = state.quantizers["W1"]
+    w = module.parameter("W1").detach()
+    codes = q.codes(w).detach()  # the unfolded weight's codes: every channel uses the range, not just the widest
+    assert all(float(codes[c].abs().max()) >= 64 for c in range(8))
+    x = torch.from_numpy(rng.normal(size=(2, 3, 8, 8)).astype(np.float32))
+    module.eval()
+    with torch.no_grad():
+        before = module(x)[0]
+    arrays, plan = state.export()
+    state.detach()
+    with torch.no_grad():
+        for name, values in arrays.items():
+            module.parameter(name).copy_(torch.from_numpy(values))
+        after = module(x)[0]
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    layer_plan = next(p for p in plan.layers if p.name == "W1")
+    assert layer_plan.channel_axis == 0 and np.ptp(np.log10(layer_plan.channel_steps)) > 2  # the scales

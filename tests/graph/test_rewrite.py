@@ -602,3 +602,22 @@ def test_metadata_props_hold_settings_and_totals():
     assert totals["prune_ratio"] == pytest.approx(report["totals"]["prune_ratio"])
     assert totals["avg_bits"] == pytest.approx(report["totals"]["avg_bits"])
     assert totals["params"] == 16 * 32 + 4 * 32
+
+
+def test_first_and_last_asked_by_name_are_kept_even_when_they_dominate():
+    """`--keep auto` spares a layer holding more than KEEP_SHARE of the weights; `--keep last` is the
+    user's word and holds it at 8 bits whatever its share (it was dropped silently)."""
+    import onnx_graphsurgeon as gs
+
+    from onnxjpq.graph.layers import find_layers
+    from onnxjpq.testing import laplace, make_model
+
+    text = ("agraph (float[1, 16] x) => (float[1, 512] y) "
+            "{ a = MatMul (x, W1) \n b = MatMul (a, W2) \n y = MatMul (b, W3) }")
+    model = make_model(text, {"W1": laplace((16, 16)), "W2": laplace((16, 16), seed=1),
+                              "W3": laplace((16, 512), seed=2)})
+    layers, _ = find_layers(gs.import_onnx(model), Selection(min_params=0))
+    assert kept_names(layers, Selection(min_params=0)) == {"W1"}  # auto: W3 holds 94 % of the weights
+    assert kept_names(layers, Selection(min_params=0, keep=("last",))) == {"W3"}
+    assert kept_names(layers, Selection(min_params=0, keep=("last",)), budget=True) == {"W3"}
+    assert kept_names(layers, Selection(min_params=0), budget=True) == frozenset()
