@@ -5,8 +5,8 @@ outputs on unlabelled lines (512 of seed 1; evaluation on the registry's 128 of 
 Measured here (2-core machine): post-training 0.875 top-1 agreement; masked 0.969 and admm
 0.984 at the same rate, in about 40 and 55 s. djpq (asked for 12x fewer BOPs) keeps 1.000 in
 about 100 s but reaches only 4.2x: at --lr 1e-4 its bits barely move, at DJPQ's 1e-3 this
-model's training diverges, and no channel can be pruned exactly (BatchNormalization follows
-every convolution); the report says so in a note.
+model's training diverges, and few channels can be pruned exactly (HardSwish and biases follow
+most convolutions, once BatchNormalization is folded into them); the report says so in a note.
 """
 
 from __future__ import annotations
