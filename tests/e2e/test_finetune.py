@@ -236,6 +236,20 @@ def _djpq_state(model, config=None):
     return module, DjpqState(module, layers, macs, config or DjpqConfig(), shapes)
 
 
+def _export_in_place(module, state, x):
+    """The module's output on x before and after the DJPQ export replaces its weights, and the export."""
+    module.eval()
+    with torch.no_grad():
+        before = module(x)[0]
+    arrays, plan = state.export()
+    state.detach()
+    with torch.no_grad():
+        for name, values in arrays.items():
+            module.parameter(name).copy_(torch.from_numpy(values))
+        after = module(x)[0]
+    return before, after, arrays, plan
+
+
 def test_djpq_links_each_layer_to_the_layer_feeding_its_input_channels():
     _, state = _djpq_state(load_model(MODELS / "lenet5.onnx"))
     assert {n: (k.producer, k.axis, k.repeat) for n, k in state.links.items()} == {
@@ -253,15 +267,7 @@ def test_djpq_export_drops_the_inputs_of_pruned_channels_exactly_and_counts_them
         state.quantizers["conv1.weight"].mu[:4] = 0.0
         state.quantizers["conv3.weight"].mu[:32] = 0.0
     conv3_share = float(state.macs[2] / state.macs.sum())
-    module.eval()
-    with torch.no_grad():
-        before = module(x)[0]
-    arrays, plan = state.export()
-    state.detach()
-    with torch.no_grad():
-        for name, values in arrays.items():
-            module.parameter(name).copy_(torch.from_numpy(values))
-        after = module(x)[0]
+    before, after, arrays, plan = _export_in_place(module, state, x)
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
     assert not arrays["conv2.weight"][:, :4].any() and arrays["conv2.weight"][:, 4:].any()
     assert not arrays["fc1.weight"][:, :128].any() and arrays["fc1.weight"][:, 128:].any()
@@ -387,15 +393,7 @@ def test_djpq_on_a_folded_batchnorm_quantizes_the_unscaled_weight_and_exports_wh
     codes = q.codes(w).detach()  # the unfolded weight's codes: every channel uses the range, not just the widest
     assert all(float(codes[c].abs().max()) >= 64 for c in range(8))
     x = torch.from_numpy(rng.normal(size=(2, 3, 8, 8)).astype(np.float32))
-    module.eval()
-    with torch.no_grad():
-        before = module(x)[0]
-    arrays, plan = state.export()
-    state.detach()
-    with torch.no_grad():
-        for name, values in arrays.items():
-            module.parameter(name).copy_(torch.from_numpy(values))
-        after = module(x)[0]
+    before, after, arrays, plan = _export_in_place(module, state, x)
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
     layer_plan = next(p for p in plan.layers if p.name == "W1")
     assert layer_plan.channel_axis == 0 and np.ptp(np.log10(layer_plan.channel_steps)) > 2  # the scales
