@@ -326,9 +326,9 @@ def fp32_target(w: np.ndarray, data: LayerHessians, cross: np.ndarray, damp: flo
     for g in np.unique(data.row_group):
         h = data.hessians[g]
         damped = h + damp * max(float(np.mean(np.diag(h))), 1e-30) * np.eye(h.shape[0])
-        m = linalg.cho_solve(linalg.cho_factor(damped), (cross[g] - h).T)  # (Ĥ_λ)⁻¹ (C − Ĥ)ᵀ
         rows = data.row_group == g
-        out[rows] += w[rows] @ m.T
+        shift = np.asarray(w[rows], np.float64) @ (cross[g] - h)  # W (C − Ĥ): rows right-hand sides, not cols
+        out[rows] += linalg.cho_solve(linalg.cho_factor(damped), shift.T).T
     return out
 
 

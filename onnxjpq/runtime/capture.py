@@ -14,10 +14,10 @@ import numpy as np
 from ..core.hessian import MAX_ELEMENTS, InputStats, conv_columns, merge_into, merge_stats
 from ..errors import DataError
 from .data import Dataset
+from .layer_view import HiddenStates, LayerView, Use
 from .probe import Probe, Template, batches
 
-
-from .layer_view import HiddenStates, LayerView, Use
+MAX_CHUNK_ELEMENTS = 1 << 26  # the most float64 columns one chunk holds (512 MiB)
 
 
 # ------------------------------------------------------------------ statistics
@@ -40,16 +40,24 @@ def use_columns(use: Use, arrays: dict[str, np.ndarray], cols: int) -> Iterator[
         return
     x = np.asarray(arrays[use.tensor])
     if use.kind == "conv":
-        for chunk in conv_columns(x, use.conv.geometry(tuple(x.shape[2:]))):
+        geometry = use.conv.geometry(tuple(x.shape[2:]))
+        for chunk in conv_columns(x, geometry, chunk_elements(geometry.groups, cols)):
             yield np.asarray(chunk, np.float64)
         return
     axis = -1 if x.ndim == 1 else use.feature_axis
     if x.shape[axis] != cols:
         raise ValueError(f"captured {use.tensor} has {x.shape[axis]} features on axis {axis}, the weight {cols}")
     flat = np.moveaxis(x, axis, -1).reshape(-1, cols)
-    rows = max(1, MAX_ELEMENTS // max(cols, 1))
+    rows = max(1, chunk_elements(1, cols) // max(cols, 1))
     for lo in range(0, flat.shape[0], rows):
         yield flat[lo:lo + rows].T[None].astype(np.float64)
+
+
+def chunk_elements(groups: int, cols: int) -> int:
+    """Elements of one column chunk: MAX_ELEMENTS, or as many as the Hessians it adds to (each
+    chunk's float32 product is widened and added at the Hessians' size, so chunks of fewer
+    columns than `cols` would spend more on that than on the product), at most MAX_CHUNK_ELEMENTS."""
+    return max(MAX_ELEMENTS, min(groups * cols * cols, MAX_CHUNK_ELEMENTS))
 
 
 def _hidden_columns(hidden: HiddenStates, arrays: dict[str, np.ndarray]) -> np.ndarray:

@@ -13,9 +13,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from onnxjpq.core.hessian import ConvGeometry
+from onnxjpq.core.hessian import MAX_ELEMENTS, ConvGeometry
 from onnxjpq.graph.layers import Selection, find_layers
-from onnxjpq.runtime.capture import capture_pairs, capture_stats
+from onnxjpq.runtime.capture import MAX_CHUNK_ELEMENTS, capture_pairs, capture_stats, chunk_elements
 from onnxjpq.runtime.layer_view import layer_view, slot_index
 from onnxjpq.runtime.data import Dataset
 from onnxjpq.runtime.probe import Probe, make_template, stages
@@ -255,3 +255,11 @@ agraph (float[2, 6] x) => (float[2, 6] y) {
 }""", {"Wq": laplace((6, 6)), "Wk": laplace((6, 6)), "Wo": laplace((6, 6))})
     order = stages(model, [("Wq", ["x"]), ("Wk", ["x"]), ("Wo", ["s"])])
     assert order == [["Wq", "Wk"], ["Wo"]]
+
+
+def test_a_column_chunk_is_as_large_as_the_hessians_it_adds_to_within_bounds():
+    # each chunk's product is widened and added at the Hessians' size: chunks of fewer columns than
+    # the layer has spend more on the adding than on the product (CREPE's 8192-column conv2)
+    assert chunk_elements(1, 64) == MAX_ELEMENTS
+    assert chunk_elements(1, 8192) == 8192 * 8192
+    assert chunk_elements(4, 8192) == MAX_CHUNK_ELEMENTS
