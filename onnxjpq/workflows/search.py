@@ -24,7 +24,7 @@ from ..graph.layers import Selection
 from ..methods.annc import AnncConfig
 from ..runtime.data import Dataset
 from ..runtime.sessions import accuracy, predict, session
-from .evaluate import cosine, snr_db
+from .evaluate import agreement, cosine, snr_db
 from .fidelity import choose_metric, describe, points
 
 
@@ -55,7 +55,7 @@ def _score(metric: str, output: np.ndarray, reference: np.ndarray, labels: np.nd
     if metric == "accuracy":
         return accuracy(output, labels)
     if metric == "agreement":
-        return accuracy(output, reference.reshape(len(reference), -1).argmax(axis=1))
+        return agreement(reference, output)  # per position: a sequence's [T, C] is T decisions
     if metric == "cosine":
         return points("cosine", cosine=cosine(reference, output))
     return points("snr", snr_db=snr_db(reference, output))

@@ -93,3 +93,12 @@ def test_an_unreachable_max_drop_exits_1_with_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: even rate"), result.output
     assert not out.exists()
+
+
+def test_agreement_on_a_sequence_counts_each_position():
+    from onnxjpq.workflows.search import _score
+    reference = np.zeros((2, 4, 3))
+    reference[:, :, 0] = 1.0  # class 0 at every position
+    candidate = reference.copy()
+    candidate[0, 1] = [0.0, 2.0, 0.0]  # one of 8 positions changes class
+    assert _score("agreement", candidate, reference, None) == pytest.approx(87.5)
