@@ -377,8 +377,11 @@ def _bisect_float(attempt, ranked: list[str], good):
 
 
 def compress_with_activations(model: onnx.ModelProto, weights_config, selection, output,
-                              config: ActivationConfig, calib: Dataset, progress=None) -> tuple[onnx.ModelProto, dict]:
-    """Compress the weights (any method), then quantize the activations on `calib`.
+                              config: ActivationConfig, calib: Dataset, progress=None,
+                              measure: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """Compress the weights (any method), then quantize the activations on `calib`; with
+    `measure`, time the result against fp32 (else `record_static_measurement` adds a
+    measurement taken elsewhere).
 
     Weights are kept as int8 codes on their own steps: int4 Conv/MatMul kernels
     do not exist in onnxruntime, and speed is the point of this mode.
@@ -410,27 +413,35 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     if total["bops"]:
         total["bops"] = sum(row["bops"] for row in report["layers"] if row["bops"] is not None)
         total["bops_ratio"] = 1024 * total["macs"] / total["bops"]
-    info |= measure_against_fp32(model, qmodel, calib)
     if folded:
         info["notes"].insert(0, f"{folded} BatchNormalization folded into the Conv before them")
     report["settings"]["activations"] = info
-    report["settings"]["notes"].extend(info["notes"])
-    report["settings"]["notes"].append(measured_note("int8", info) + f"; {len(info['kept_float'])} activations "
-                                       "stayed float (settings.activations.kept_float)")
+    notes = report["settings"]["notes"]
+    notes.extend(info["notes"])
     goal = _goal_text(info)
     if not info["met"]:
-        report["settings"]["notes"].append(f"activation target ({goal}) not reached even with every "
-                                           "activation in float")
+        notes.append(f"activation target ({goal}) not reached even with every activation in float")
     elif info["kept_float"]:
-        report["settings"]["notes"].append(f"{len(info['kept_float'])} activations kept in float to reach {goal}")
-    if info["kept_float"] and info["latency_ratio"] and info["latency_ratio"] >= 1:
-        report["settings"]["notes"].append(_no_speed_note(info))
+        notes.append(f"{len(info['kept_float'])} activations kept in float to reach {goal}")
     if info["quantized"] == 0:
-        report["settings"]["notes"].append(
-            "every activation stayed in float, so the output has no int8 activation path: the calibrator "
-            f"({config.calibrate})" + (" and the weights' QDQ pairs" if config.weights_qdq else "")
-            + " had no effect; allow a larger drop (--act-max-drop) to quantize some")
+        notes.append("every activation stayed in float, so the output has no int8 activation path: the calibrator "
+                     f"({config.calibrate})" + (" and the weights' QDQ pairs" if config.weights_qdq else "")
+                     + " had no effect; allow a larger drop (--act-max-drop) to quantize some")
+    if measure:
+        record_static_measurement(report, measure_against_fp32(model, qmodel, calib))
     return qmodel, report
+
+
+def record_static_measurement(report: dict, measured: dict) -> None:
+    """The measurement against fp32 (against_fp32.measurement's keys) into the report and its
+    notes, with the note on float islands that ate the speed."""
+    info = report["settings"]["activations"]
+    info |= measured
+    notes = report["settings"]["notes"]
+    notes.append(measured_note("int8", info) + f"; {len(info['kept_float'])} activations stayed float "
+                 "(settings.activations.kept_float)")
+    if info["kept_float"] and info["latency_ratio"] and info["latency_ratio"] >= 1:
+        notes.append(_no_speed_note(info))
 
 
 def _goal_text(info: dict) -> str:

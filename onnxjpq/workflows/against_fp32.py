@@ -30,6 +30,11 @@ def measure_against_fp32(reference: onnx.ModelProto, qmodel: onnx.ModelProto, da
     batch = fixed_batch(ref_sess) or 1
     feed = {k: v[:batch] for k, v in data.inputs.items()}
     ref_ms, cand_ms = median_latency_ms([ref_sess, cand_sess], feed, TIMED_RUNS, WARMUP_RUNS)
+    return measurement(snr, ref_ms, cand_ms, batch)
+
+
+def measurement(snr: float, ref_ms: float, cand_ms: float, batch: int) -> dict:
+    """What `measure_against_fp32` reports, from figures measured elsewhere in the same way."""
     return {"fp32_snr_db": snr, "latency_ms": cand_ms, "fp32_latency_ms": ref_ms,
             "latency_ratio": cand_ms / ref_ms if ref_ms else None, "threads": TIMING_THREADS,
             "timing": f"batch {batch}, median of {TIMED_RUNS} runs after {WARMUP_RUNS} warm-up runs"}

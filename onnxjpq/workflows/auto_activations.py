@@ -21,18 +21,19 @@ import onnx
 from ..errors import ModelError
 from ..runtime.data import Dataset
 from ..runtime.sessions import fixed_batch, median_latency_ms, run_samples, session
-from .activations import ActivationConfig, compress_with_activations, target_for
-from .against_fp32 import TIMED_RUNS, TIMING_THREADS, WARMUP_RUNS, output_snr_db
-from .dynamic import compress_dynamic
+from .activations import ActivationConfig, compress_with_activations, record_static_measurement, target_for
+from .against_fp32 import TIMED_RUNS, TIMING_THREADS, WARMUP_RUNS, measurement, output_snr_db
+from .dynamic import compress_dynamic, record_dynamic_measurement
 
 
 def compress_auto(model: onnx.ModelProto, weights_config, selection, output, config: ActivationConfig,
                   calib: Dataset, progress=None) -> tuple[onnx.ModelProto, dict]:
     """The chosen int8 model and its report; `settings.activations.auto` holds both measurements."""
     built, failed = {}, {}
+    static = replace(config, mode="static")
     for mode, build in (("static", lambda: compress_with_activations(model, weights_config, selection, output,
-                                                                     replace(config, mode="static"), calib, progress)),
-                        ("dynamic", lambda: compress_dynamic(model, weights_config, selection, output, calib))):
+                                                                     static, calib, progress, measure=False)),
+                        ("dynamic", lambda: compress_dynamic(model, weights_config, selection, output))):
         try:
             built[mode] = build()
         except ModelError as exc:  # onnxruntime could not build or load this path
@@ -47,8 +48,11 @@ def compress_auto(model: onnx.ModelProto, weights_config, selection, output, con
     chosen = (min(passing, key=lambda m: measured[m]["latency_ratio"]) if passing
               else max(measured, key=lambda m: measured[m]["score"]))
     qmodel, report = built[chosen]
+    record = record_static_measurement if chosen == "static" else record_dynamic_measurement
+    record(report, measured[chosen]["against_fp32"])
     info = report["settings"]["activations"]
-    info["auto"] = {"chosen": chosen, "measured": measured, "not_built": failed}
+    info["auto"] = {"chosen": chosen, "not_built": failed,
+                    "measured": {m: {k: v for k, v in f.items() if k != "against_fp32"} for m, f in measured.items()}}
     report["settings"]["notes"].append(_note(chosen, measured, failed, bool(passing)))
     return qmodel, report
 
@@ -69,7 +73,8 @@ def _measure(model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto], cal
         outputs = run_samples(sess, calib.inputs, config.samples)
         score, snr = target.score(reference, outputs), output_snr_db(reference, outputs)
         measured[mode] = {"score": score, "output_snr_db": snr, "met": target.met(score, snr),
-                          "latency_ratio": ms / base if base else float("inf"), "measure": target.measure}
+                          "latency_ratio": ms / base if base else float("inf"), "measure": target.measure,
+                          "against_fp32": measurement(snr, base, ms, batch)}
     return measured
 
 
@@ -79,6 +84,6 @@ def _note(chosen: str, measured: dict, failed: dict, any_met: bool) -> str:
              for mode, m in measured.items()]
     parts += [f"{mode}: not built ({reason})" for mode, reason in failed.items()]
     why = "the faster that meets the target" if any_met else "neither meets the target: the closer"
-    slower = (f"; no int8 path runs faster than fp32 on this model and CPU (--activations float keeps the float "
+    slower = ("; no int8 path runs faster than fp32 on this model and CPU (--activations float keeps the float "
               "kernels)" if measured[chosen]["latency_ratio"] >= 1 else "")
     return f"--activations auto chose {chosen} ({why}); " + "; ".join(parts) + slower

@@ -101,7 +101,8 @@ def feed_codes(qmodel: onnx.ModelProto, layers: dict[str, tuple[np.ndarray, np.n
 def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, calib: Dataset | None = None,
                      progress=None) -> tuple[onnx.ModelProto, dict]:
     """Compress the weights (any method, 8 bits or fewer), then write onnxruntime's dynamic int8
-    graph for MatMul and Gemm fed with those codes; with `calib`, measure it against fp32."""
+    graph for MatMul and Gemm fed with those codes; with `calib`, measure it against fp32
+    (`record_dynamic_measurement` adds a measurement taken elsewhere)."""
     from ..pipeline.compress import apply_plan, plan_model
 
     float_output = replace(output, format="float", int4=False)
@@ -140,8 +141,13 @@ def compress_dynamic(model: onnx.ModelProto, weights_config, selection, output, 
     if kept_float:
         notes.append(f"{len(kept_float)} compressed weights stay float32 (dequantized): dynamic int8 covers "
                      f"{' and '.join(DYNAMIC_OPS)} weights onnxruntime quantizes per output channel")
-    if calib is not None:
-        info |= measure_against_fp32(model, qmodel, calib)
-        notes.append(measured_note("dynamic int8", info))
     report["settings"]["activations"] = info
+    if calib is not None:
+        record_dynamic_measurement(report, measure_against_fp32(model, qmodel, calib))
     return qmodel, report
+
+
+def record_dynamic_measurement(report: dict, measured: dict) -> None:
+    """The measurement against fp32 (against_fp32.measurement's keys) into the report and its notes."""
+    report["settings"]["activations"] |= measured
+    report["settings"]["notes"].append(measured_note("dynamic int8", report["settings"]["activations"]))

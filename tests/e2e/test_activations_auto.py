@@ -37,6 +37,9 @@ def test_auto_builds_both_paths_and_keeps_the_faster_that_meets_the_target(tmp_p
     assert ("QuantizeLinear" in ops) == (auto["chosen"] == "static")
     notes = json.loads(report_path.read_text())["settings"]["notes"]
     assert any(n.startswith(f"--activations auto chose {auto['chosen']}") for n in notes)
+    # one timing: the report's latency is the one the choice was made on
+    assert info["latency_ratio"] == pytest.approx(auto["measured"][auto["chosen"]]["latency_ratio"])
+    assert sum("measured on the calibration inputs" in n for n in notes) == 1
 
 
 def test_auto_needs_calibration_data(tmp_path):
