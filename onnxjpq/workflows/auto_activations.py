@@ -43,24 +43,23 @@ def compress_auto(model: onnx.ModelProto, weights_config, selection, output, con
         del built["dynamic"]
     if not built:
         raise ModelError(f"no int8 path runs on this model: static: {failed['static']}; dynamic: {failed['dynamic']}")
-    measured = _measure(model, {mode: qmodel for mode, (qmodel, _) in built.items()}, calib, config)
+    measured, against_fp32 = _measure(model, {mode: qmodel for mode, (qmodel, _) in built.items()}, calib, config)
     passing = [m for m in measured if measured[m]["met"]]
     chosen = (min(passing, key=lambda m: measured[m]["latency_ratio"]) if passing
               else max(measured, key=lambda m: measured[m]["score"]))
     qmodel, report = built[chosen]
     record = record_static_measurement if chosen == "static" else record_dynamic_measurement
-    record(report, measured[chosen]["against_fp32"])
+    record(report, against_fp32[chosen])
     info = report["settings"]["activations"]
-    info["auto"] = {"chosen": chosen, "not_built": failed,
-                    "measured": {m: {k: v for k, v in f.items() if k != "against_fp32"} for m, f in measured.items()}}
+    info["auto"] = {"chosen": chosen, "measured": measured, "not_built": failed}
     report["settings"]["notes"].append(_note(chosen, measured, failed, bool(passing)))
     return qmodel, report
 
 
 def _measure(model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto], calib: Dataset,
-             config: ActivationConfig) -> dict[str, dict]:
+             config: ActivationConfig) -> tuple[dict[str, dict], dict[str, dict]]:
     """Score and SNR against fp32 on the calibration data, and latency relative to fp32 timed in
-    turns with it."""
+    turns with it; beside them, each candidate's figures as against_fp32.measurement gives them."""
     reference_session = session(model, TIMING_THREADS)
     reference = run_samples(reference_session, calib.inputs, config.samples)
     target = target_for(model, reference, config)
@@ -68,14 +67,14 @@ def _measure(model: onnx.ModelProto, candidates: dict[str, onnx.ModelProto], cal
     batch = fixed_batch(reference_session) or 1
     feed = {k: v[:batch] for k, v in calib.inputs.items()}
     base, *times = median_latency_ms([reference_session, *sessions.values()], feed, TIMED_RUNS, WARMUP_RUNS)
-    measured = {}
+    measured, against_fp32 = {}, {}
     for (mode, sess), ms in zip(sessions.items(), times):
         outputs = run_samples(sess, calib.inputs, config.samples)
         score, snr = target.score(reference, outputs), output_snr_db(reference, outputs)
         measured[mode] = {"score": score, "output_snr_db": snr, "met": target.met(score, snr),
-                          "latency_ratio": ms / base if base else float("inf"), "measure": target.measure,
-                          "against_fp32": measurement(snr, base, ms, batch)}
-    return measured
+                          "latency_ratio": ms / base if base else float("inf"), "measure": target.measure}
+        against_fp32[mode] = measurement(snr, base, ms, batch)
+    return measured, against_fp32
 
 
 def _note(chosen: str, measured: dict, failed: dict, any_met: bool) -> str:
