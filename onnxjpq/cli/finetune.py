@@ -12,7 +12,8 @@ from .group import main
 from .options import method_config, selection_from, with_selection
 
 
-_METHOD_OPTIONS = {"--pow2-bits": ("djpq",), "--rho": ("admm",), "--retrain-epochs": ("admm", "djpq")}
+_METHOD_OPTIONS = {"--pow2-bits": ("djpq",), "--float-activations": ("djpq",), "--rho": ("admm",),
+                   "--retrain-epochs": ("admm", "djpq")}
 
 
 @main.command()
@@ -31,6 +32,9 @@ _METHOD_OPTIONS = {"--pow2-bits": ("djpq",), "--rho": ("admm",), "--retrain-epoc
               help="masked: budget plan's storage rate; admm: the papers' rate 32N/sum(bits x nonzero); "
                    "djpq: BOPs reduction.")
 @click.option("--pow2-bits", is_flag=True, help="djpq: restrict learned bit-widths to powers of two.")
+@click.option("--float-activations", is_flag=True,
+              help="djpq: keep the layers' inputs float (32 bits in BOPs); by default each is quantized "
+                   "(QuantizeLinear, DequantizeLinear) at a width learned from 8 down to 4 bits.")
 @click.option("--epochs", type=int, default=5, show_default=True, help="Training epochs (admm: ADMM epochs).")
 @click.option("--retrain-epochs", type=int, default=10, show_default=True,
               help="admm/djpq: masked retraining epochs after the final projection / the learned bits and channels.")
@@ -51,9 +55,9 @@ _METHOD_OPTIONS = {"--pow2-bits": ("djpq",), "--rho": ("admm",), "--retrain-epoc
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
 @user_errors("src")
-def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits, epochs, retrain_epochs, rho, lr,
-             batch, optimizer, checkpoint, resume, keep_checkpoint, include, exclude, keep, min_params, embeddings,
-             int4, report_path, quiet, as_json):
+def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits, float_activations, epochs,
+             retrain_epochs, rho, lr, batch, optimizer, checkpoint, resume, keep_checkpoint, include, exclude, keep,
+             min_params, embeddings, int4, report_path, quiet, as_json):
     """Fine-tune SRC in PyTorch under a compression plan, then rewrite it like compress."""
     from ..errors import OptionError
     from ..finetune.cli import run_finetune
@@ -69,6 +73,7 @@ def finetune(src, dst, data_path, val_path, method, prune, bits, rate, pow2_bits
             raise OptionError(f"--method {method} takes --rate, not --prune/--bits")
         config = (AdmmConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, rho=rho) if method == "admm"
                   else DjpqConfig(rate=rate, epochs=epochs, retrain_epochs=retrain_epochs, pow2=pow2_bits,
+                                  act_bits=None if float_activations else DjpqConfig.act_bits,
                                   **({"lr": lr} if given_options(lr="--lr") else {})))
     else:
         config = method_config(prune, bits, "laplace", True, rate, None, 2, 8, False, "size", None, None)

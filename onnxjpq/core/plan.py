@@ -37,6 +37,7 @@ class LayerPlan:
     channel_axis: int | None = None
     codes: np.ndarray | None = None  # int32 codes a data-aware solver chose (else rounded from the values)
     bias: np.ndarray | None = None  # corrected bias of the layer's op (bias correction), if any
+    activation_bits: float = 32.0  # of the layer's input, in its BOPs (DJPQ quantizes it)
     # the mask's size: with mask None (streaming plans, which keep no masks in memory) the
     # mask is the magnitude mask pruning `prune_count` of the solver-space values
     prune_count: int = 0

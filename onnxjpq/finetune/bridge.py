@@ -8,7 +8,8 @@ the graph. Weight-producing Constant nodes of the main graph become parameters
 too (If/Loop/Scan bodies keep theirs as constants). The ops are
 those of the registry in `torchops` (one entry per ONNX op type). A
 `weight_transform` hook (name -> function of the parameter) lets a method
-quantize or mask the weights in the forward pass.
+quantize or mask the weights in the forward pass, a `tensor_transform` hook
+(tensor name -> function) the activations (DJPQ's, on `graph.taps`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class OnnxModule(nn.Module):
         self.input_names = self.graph.input_names
         self.output_names = self.graph.output_names
         self.weight_transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.tensor_transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.pre_forward: list[Callable[[], None]] = []  # e.g. sampling stochastic gates
 
     def parameter(self, name: str) -> nn.Parameter:
@@ -69,7 +71,7 @@ class OnnxModule(nn.Module):
             transform = self.weight_transform.get(name)
             env[name] = transform(param) if transform else param
         env.update(zip(self.input_names, inputs))
-        self.graph.run(env)
+        self.graph.run(env, self.tensor_transform)
         return [env[name] for name in self.output_names]
 
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -112,6 +112,7 @@ def _run(src, dst: Path, data_path, val_path, method, config, selection, train_c
     if ft["accuracy_before"] is not None and ft["history"] and "accuracy" in ft["history"][-1]:
         console.print(f"accuracy{' on the training data' if val is None else ''}: fp32 {ft['accuracy_fp32']:.2f}%, "
                       f"compressed before retraining {ft['accuracy_before']:.2f}%, after "
-                      f"{ft['history'][-1]['accuracy']:.2f}%")
+                      f"{ft['history'][-1]['accuracy']:.2f}% (the written file in onnxruntime: "
+                      f"{ft['accuracy_onnxruntime']:.2f}%)")
     console.print(f"wrote {dst}")
     return report

@@ -14,6 +14,8 @@ import torch
 from ..pipeline.compress import OutputConfig, apply_plan, find_model_layers, float_params, plan_model
 from ..errors import OptionError
 from ..graph.fold import fold_batch_norms
+from ..graph.opset import upgrade
+from ..graph.taps import MIN_OPSET as TAP_OPSET, quantize_taps, tap_layer_inputs
 from ..graph.layers import Selection
 from ..runtime.data import Dataset
 from ..runtime.sessions import accuracy, predict, session
@@ -27,6 +29,7 @@ from .masked import masked_quantizer
 from .train import TrainConfig, distributed, load_checkpoint, train
 
 METHODS = ("masked", "admm", "djpq")
+RANGE_SAMPLES = 256  # training samples whose fp32 activations set DJPQ's initial activation ranges
 _CONFIGS = {"admm": AdmmConfig, "djpq": DjpqConfig}
 
 
@@ -59,8 +62,13 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
         raise OptionError(f"the {method} method was given a {type(config).__name__}")
     scales: dict[str, np.ndarray] = {}
     folded = 0
+    notes: list[str] = []
+    taps: dict[str, tuple[str, ...]] = {}
+    inputs: list = []  # what DJPQ's taps are written as
     if method == "djpq" and torch_module is None:  # a pruned channel then stays exactly zero
         model, folded = fold_batch_norms(model, scales)
+        if config.act_bits:
+            model, taps = _tap_inputs(model, selection, notes)
     layers, skipped = find_model_layers(model, selection)
     module = (OnnxModule(model) if torch_module is None
               else TorchModel(torch_module, model, [l.name for l in layers]))
@@ -84,8 +92,8 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
     rank = distributed()[0]
     if method == "djpq":
         phase = "djpq"
-        plan, learned = _djpq_phase(model, module, layers, config, data, train_config, teacher, log_epoch, on_step,
-                                    first, settings, scales)
+        plan, learned, inputs = _djpq_phase(model, module, layers, config, data, train_config, teacher, log_epoch,
+                                            on_step, first, settings, scales, taps)
         retrain = dict(epochs=config.retrain_epochs, lr=config.lr, optimizer="adam")
     elif method == "admm":
         phase = "admm"
@@ -104,16 +112,36 @@ def finetune(model: onnx.ModelProto, config, data: Dataset, train_config: TrainC
         train(module, data, replace(train_config, **retrain), teacher, log_epoch, on_step, resume_from=second,
               tag={"method": method, "phase": phase, "previous": previous, "settings": settings})
     missed = plan.diagnostics.get("budget_missed")
-    notes = [f"{folded} BatchNormalization folded into the Conv before them (their scales kept out of DJPQ's "
-             "quantizers)"] if folded else []
+    notes += [f"{folded} BatchNormalization folded into the Conv before them (their scales kept out of DJPQ's "
+              "quantizers)"] if folded else []
+    if taps:
+        written = plan.diagnostics["learned_input_bits"]
+        notes.append(f"{len(written)} layer inputs quantized (QuantizeLinear, DequantizeLinear, Clip) at "
+                     f"{min(written.values())} to {max(written.values())} learned bits" if written else
+                     "no layer input could be quantized: the training samples gave no finite range")
+        model = quantize_taps(model, inputs)
     out, report = apply_plan(with_weights(model, _final_arrays(module)), plan, selection, output,
                              {"method": method, "notes": notes + ([missed] if missed else [])})
     report["finetune"] = {"method": method, "config": asdict(config) if method != "masked" else None,
                           "train": asdict(train_config), "history": history, "accuracy_fp32": fp32,
                           "accuracy_before": before, "learned_bits": learned,
-                          "torch_vs_onnxruntime_max_abs": float(np.abs(_evaluate(module, check)
-                                                                        - predict(session(out, exact=True), check)).max())}
+                          "learned_input_bits": plan.diagnostics.get("learned_input_bits"),
+                          "accuracy_onnxruntime": accuracy(predict(session(out), check), check.labels) if labelled
+                          else None,  # the written file, in onnxruntime's default session
+                          **_torch_vs_onnxruntime(module, out, check, report["settings"]["notes"], bool(inputs))}
     return out, report
+
+
+def _torch_vs_onnxruntime(module, out: onnx.ModelProto, check: Dataset, notes: list[str], quantized_inputs: bool):
+    """How far the written model's outputs are from the torch module's, in onnxruntime without
+    its integer fusions; explained in a note where quantized inputs make it more than float noise."""
+    difference = np.abs(_evaluate(module, check) - predict(session(out, exact=True), check))
+    largest, mean = float(difference.max()), float(difference.mean())
+    if quantized_inputs and largest > 1e-4:
+        notes.append(f"torch and onnxruntime outputs differ by up to {largest:.3g} (mean {mean:.2g}): with "
+                     "quantized layer inputs, their different float rounding order moves values lying on a "
+                     "rounding boundary to the neighbouring code")
+    return {"torch_vs_onnxruntime_max_abs": largest, "torch_vs_onnxruntime_mean_abs": mean}
 
 
 def run_settings(model: onnx.ModelProto, config, method: str, selection: Selection, output: OutputConfig,
@@ -183,15 +211,29 @@ def _resume_points(train_config: TrainConfig, method: str, settings: str) -> tup
     return state["previous"], state
 
 
+def _tap_inputs(model: onnx.ModelProto, selection: Selection, notes: list[str]):
+    """The model with taps on its layers' inputs for DJPQ's activation quantizers (`graph.taps`),
+    upgraded to the opset their QDQ form needs; unchanged, with a note, where it cannot be."""
+    upgraded = upgrade(model, TAP_OPSET)
+    if upgraded is None:
+        notes.append(f"layer inputs kept float: onnx cannot convert the model to opset {TAP_OPSET}, which the "
+                     "activations' QuantizeLinear needs")
+        return model, {}
+    return tap_layer_inputs(upgraded, find_model_layers(upgraded, selection)[0])
+
+
 def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, teacher, log_epoch, on_step,
-                resume_from: dict | None = None, settings: str | None = None, scales: dict | None = None):
+                resume_from: dict | None = None, settings: str | None = None, scales: dict | None = None,
+                taps: dict | None = None):
     """Train quantizers, gates and weights together; leave the module holding the learned weights
-    (codes x steps) with the DJPQ machinery removed, and return the plan giving them."""
+    (codes x steps) with the weight quantizers removed (the activation quantizers stay, frozen),
+    and return the plan giving them, the learned bits and what each tap is written as."""
     shapes = tensor_shapes(model, {name: array.shape for name, array in data.inputs.items()})
     macs = data_macs(model, layers, data)
     if any(v is None for v in macs.values()):
         raise OptionError("DJPQ needs every layer's MACs: shape inference could not find them")
-    state = DjpqState(module, layers, macs, config, shapes, scales)
+    samples = [values[:RANGE_SAMPLES] for values in data.inputs.values()]
+    state = DjpqState(module, layers, macs, config, shapes, scales, taps, samples)
 
     def end_epoch(epoch: int, entry: dict) -> None:
         entry["bops_ratio"] = state.bops_ratio()
@@ -213,11 +255,12 @@ def _djpq_phase(model, module, layers, config: DjpqConfig, data, train_config, t
             + " a prunable channel exactly (an op between them that maps zero elsewhere, such as an added bias or "
             "HardSigmoid, keeps a zero channel from staying zero); pruning after training could not close the gap, "
             "so it pruned nothing; more --epochs or a higher --lr move the bits further")
+    inputs = state.tap_quantizers()
     state.detach()
     with torch.no_grad():
         for name, values in arrays.items():
             module.parameter(name).copy_(torch.from_numpy(values))
-    return plan, plan.diagnostics["learned_bits"]
+    return plan, plan.diagnostics["learned_bits"], inputs
 
 
 def _set_masks(module: OnnxModule, layers, plan) -> None:

@@ -39,8 +39,7 @@ class LayerRow:
     bops: float | None = None  # MACs of the kept weights x weight bits x activation bits
 
 
-def layer_row(layer, plan, codes: np.ndarray, container: str, fit, macs: int | None = None,
-              activation_bits: int = 32) -> LayerRow:
+def layer_row(layer, plan, codes: np.ndarray, container: str, fit, macs: int | None = None) -> LayerRow:
     """Measure one compressed layer from the codes actually stored."""
     nz = codes != 0
     value_bits, idx_bits, param_bits = storage_bits(codes, layer.axis, layer.groups,
@@ -56,7 +55,7 @@ def layer_row(layer, plan, codes: np.ndarray, container: str, fit, macs: int | N
         index_bits=idx_bits, param_bits=param_bits,
         entropy_index_bits=entropy_bits(codes.size, nonzero), macs=macs,
         per_channel_steps=plan.channel_steps is not None,
-        bops=None if macs is None else macs * nonzero / codes.size * bits * activation_bits)
+        bops=None if macs is None else macs * nonzero / codes.size * bits * plan.activation_bits)
 
 
 def _mse(codes: np.ndarray, steps: float | np.ndarray, values: np.ndarray) -> float:

@@ -62,6 +62,7 @@ def test_a_weight_format_the_activation_path_does_not_write_is_refused(fmt, acti
 @pytest.mark.parametrize("options, match", [
     (["--method", "masked", "--prune", "0.5", "--pow2-bits"], "--pow2-bits only applies to --method djpq"),
     (["--method", "djpq", "--rate", "8", "--rho", "0.1"], "--rho only applies to --method admm"),
+    (["--method", "admm", "--rate", "8", "--float-activations"], "--float-activations only applies to --method djpq"),
     (["--method", "masked", "--prune", "0.5", "--retrain-epochs", "2"],
      "--retrain-epochs only applies to --method admm and djpq"),
 ])

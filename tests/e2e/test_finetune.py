@@ -193,22 +193,22 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
     assert abs(accuracy(one, data.labels) - accuracy(two, data.labels)) <= 1.0
 
 
-def _djpq_at_rate_20(name: str) -> tuple[float, dict]:
-    """DJPQ at --rate 20 on a bundled model: the accuracy drop in points and the report."""
+def _djpq_at_rate_20(name: str, rate: float = 20, act_bits: int | None = 8) -> tuple[float, dict, onnx.ModelProto]:
+    """DJPQ at --rate 20 on a bundled model: the accuracy drop in points, the report, the model."""
     from onnxjpq.finetune.djpq import DjpqConfig
 
     model = load_model(MODELS / f"{name}.onnx")
     train = load_dataset(MODELS / f"{name}_train.npz", session(model))
     test = load_dataset(MODELS / f"{name}_test.npz", session(model))
-    out, report = finetune(model, DjpqConfig(rate=20, epochs=20, retrain_epochs=8), train, TrainConfig(),
-                           method="djpq", val=test)
+    out, report = finetune(model, DjpqConfig(rate=rate, epochs=20, retrain_epochs=8, act_bits=act_bits), train,
+                           TrainConfig(), method="djpq", val=test)
     fp32 = accuracy(predict(session(model), test), test.labels)
-    return fp32 - accuracy(predict(session(out), test), test.labels), report
+    return fp32 - accuracy(predict(session(out), test), test.labels), report, out
 
 
 @pytest.mark.slow
 def test_djpq_reaches_20x_fewer_bops_within_one_point():
-    drop, report = _djpq_at_rate_20("lenet5")
+    drop, report, _ = _djpq_at_rate_20("lenet5")
     assert drop <= 1.0
     assert report["totals"]["bops_ratio"] >= 20  # measured on the written codes: bits, pruned rows and columns
     assert report["totals"]["bops_ratio_learned"] >= 20  # eq. 15-16: kept channels in and out, stored widths
@@ -217,9 +217,27 @@ def test_djpq_reaches_20x_fewer_bops_within_one_point():
 
 
 @pytest.mark.slow
+def test_djpq_with_activation_quantizers_goes_past_its_float_activation_bops_within_one_point():
+    """Issue 14: learned input widths counted in BOPs (weight bits x input bits, not x 32) reach
+    at least what float inputs reach at --rate 20, within a point, written as activation QDQ."""
+    _, floats, _ = _djpq_at_rate_20("lenet5", act_bits=None)
+    assert floats["finetune"]["learned_input_bits"] == {}  # float inputs: 32 bits in its BOPs
+    drop, report, out = _djpq_at_rate_20("lenet5", rate=34)
+    assert drop <= 1.0
+    for figure in ("bops_ratio", "bops_ratio_learned"):
+        assert report["totals"][figure] >= floats["totals"][figure], figure
+    assert report["totals"]["bops_ratio_learned"] >= 34
+    widths = report["finetune"]["learned_input_bits"]
+    assert len(widths) == 6 and all(4 <= b <= 8 for b in widths.values()) and min(widths.values()) < 8
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert len(quantized) == 6 and "input" in quantized  # the layers' float inputs, not weights
+    assert report["finetune"]["torch_vs_onnxruntime_max_abs"] < 1e-3
+
+
+@pytest.mark.slow
 def test_djpq_does_not_collapse_an_mlp():
     """lenet300's ranges (~0.2) were clipped away within an epoch when q_m took Adam's absolute steps."""
-    drop, report = _djpq_at_rate_20("lenet300")
+    drop, report, _ = _djpq_at_rate_20("lenet300")
     assert drop <= 2.0
     assert report["totals"]["bops_ratio_learned"] >= 20
 
@@ -315,6 +333,27 @@ def test_djpq_quantizer_bits_stay_between_2_and_8():
             assert 2.0 <= float(q.bits()) <= 8.0 + 1e-6
 
 
+@pytest.mark.parametrize("low, high", [(-1.5, 0.7), (0.0, 3.0)])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_djpq_activation_quantizer_computes_what_its_written_form_stores(low, high, pow2):
+    """Its width stays within 4..8 bits whatever d learns, and its forward pass is the
+    clip(round(x / scale)) x scale that QuantizeLinear, DequantizeLinear and Clip compute."""
+    from onnxjpq.finetune.djpq import ActivationQuantizer
+
+    q = ActivationQuantizer(low, high, 8, pow2, 4)
+    assert q.signed == (low < 0)
+    x = torch.linspace(-4, 4, 1001)
+    with torch.no_grad():
+        for log_d in (-20.0, -3.0, 20.0):
+            q.log_d.fill_(log_d)
+            assert 4 <= float(q.stored_bits()) <= 8
+            written = q.written("t")
+            lo, hi = written.bounds()
+            expected = np.clip(np.round(x.numpy() / np.float32(written.scale)) * np.float32(written.scale), lo, hi)
+            np.testing.assert_allclose(q(x).numpy(), expected, rtol=1e-6, atol=1e-6)
+            assert written.largest <= (127 if q.signed else 255)
+
+
 def test_a_users_own_torch_module_is_trained_in_place_of_the_bridge():
     sys.path.insert(0, str(MODELS.parent / "tools"))
     from make_demo_models import make_lenet300
@@ -354,6 +393,26 @@ def test_djpq_takes_its_learning_rate_from_the_command_line(tmp_path, given):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["finetune"]["config"]["lr"] == (0.0005 if given else 1e-3)
+
+
+@pytest.mark.parametrize("floats", [True, False])
+def test_djpq_quantizes_the_layer_inputs_unless_asked_for_float_activations(tmp_path, floats):
+    import json
+
+    from click.testing import CliRunner
+    from onnxjpq.cli import main
+
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    args = ["finetune", str(MODELS / "lenet300.onnx"), "-o", str(out), "--data", str(MODELS / "lenet300_test.npz"),
+            "--method", "djpq", "--rate", "4", "--epochs", "1", "--retrain-epochs", "1", "--report", str(report),
+            "-q", *(["--float-activations"] if floats else [])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert written["finetune"]["config"]["act_bits"] == (None if floats else 8)
+    quantized = [n for n in onnx.load(str(out)).graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantized) == (0 if floats else 3)  # lenet300's three Gemm inputs
+    assert written["finetune"]["torch_vs_onnxruntime_max_abs"] < 1e-4
 
 
 def test_djpq_on_a_folded_batchnorm_quantizes_the_unscaled_weight_and_exports_what_it_trained():

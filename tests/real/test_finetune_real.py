@@ -3,10 +3,11 @@ data-free `--rate 12` where post-training flips 1 decision in 8, is distilled fr
 outputs on unlabelled lines (512 of seed 1; evaluation on the registry's 128 of seed 0).
 
 Measured here (2-core machine): post-training 0.875 top-1 agreement; masked 0.969 and admm
-0.984 at the same rate, in about 40 and 55 s. djpq (asked for 12x fewer BOPs) keeps 1.000 in
-about 100 s but reaches only 4.2x: at --lr 1e-4 its bits barely move, at DJPQ's 1e-3 this
+0.984 at the same rate, in about 40 and 55 s. djpq (asked for 12x fewer BOPs) with its layer
+inputs quantized keeps 0.992 at 16.8x in about 125 s; with float inputs (`--float-activations`)
+it kept 1.000 but reached only 4.2x: at --lr 1e-4 its bits barely move, at DJPQ's 1e-3 this
 model's training diverges, and few channels can be pruned exactly (HardSwish and biases follow
-most convolutions, once BatchNormalization is folded into them); the report says so in a note.
+most convolutions, once BatchNormalization is folded into them).
 """
 
 from __future__ import annotations
@@ -56,7 +57,15 @@ def test_distillation_recovers_at_least_half_of_what_post_training_lost(setting,
     tuned = case.entry.evaluate(case.path, out, case.data, case.reference)["top1_agreement"]
     assert tuned - post >= 0.5 * (1.0 - post), (method, post, tuned)
     written = json.loads(report.read_text())
-    assert written["finetune"]["torch_vs_onnxruntime_max_abs"] < 1e-4
+    print(method, post, tuned, {k: written["totals"].get(k) for k in ("rate", "storage_rate", "bops_ratio",
+                                                                      "bops_ratio_learned")},
+          {k: v for k, v in written["finetune"].items() if k.startswith("torch_vs")})  # for docs/benchmarks.md
+    if method == "djpq":  # quantized layer inputs: float rounding order moves a few codes (a note says so)
+        assert written["finetune"]["torch_vs_onnxruntime_mean_abs"] < 1e-2
+        assert len(written["finetune"]["learned_input_bits"]) > 40
+        assert written["totals"]["bops_ratio"] >= 12  # the budget, met once inputs count their bits
+    else:
+        assert written["finetune"]["torch_vs_onnxruntime_max_abs"] < 1e-4
     if method == "masked":
         assert written["totals"]["storage_rate"] >= 11.5
     elif method == "admm":

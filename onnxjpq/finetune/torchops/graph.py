@@ -30,8 +30,9 @@ class Graph:
         self.input_names = input_names
         self.output_names = output_names
 
-    def run(self, env: dict[str, torch.Tensor]) -> None:
-        """Run the nodes, writing their outputs into `env` (which holds the inputs and constants)."""
+    def run(self, env: dict[str, torch.Tensor], transforms: dict | None = None) -> None:
+        """Run the nodes, writing their outputs into `env` (which holds the inputs and constants);
+        `transforms` (tensor name -> function) replace a tensor by its function as it is made."""
         for node, spec in self.nodes:
             args = [env[name] if name else None for name in node.inputs]
             if not spec.narrow:
@@ -39,7 +40,7 @@ class Graph:
             outs = spec.run(node, *args, scope=env) if spec.scoped else spec.run(node, *args)
             for name, value in zip(node.outputs, outs):
                 if name:
-                    env[name] = value
+                    env[name] = transforms[name](value) if transforms and name in transforms else value
 
     def __call__(self, scope: dict[str, torch.Tensor], *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Run as a subgraph: `scope` holds the enclosing graph's values, `inputs` the subgraph's."""
