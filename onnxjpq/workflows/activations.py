@@ -327,13 +327,12 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
                 progress(len(kept), snr)
             return qmodel, score, snr
 
-        result = attempt([], False)
-        unsigned = False
-        if not target.met(*result[1:]):
-            # x86 CPUs without VNNI multiply uint8 x int8 with 16-bit saturation; uint8 x uint8 is exact
-            alternative = attempt([], True)
-            if alternative[1] > result[1]:
-                result, unsigned = alternative, True
+        # x86 CPUs without VNNI multiply uint8 x int8 with 16-bit saturation, uint8 x uint8 exactly:
+        # both weight containers are tried on this CPU and the better (score, then SNR) is kept
+        result, unsigned = attempt([], False), False
+        alternative = attempt([], True)
+        if alternative[1:] > result[1:]:
+            result, unsigned = alternative, True
         everything = result[1:]  # (score, SNR) with every activation int8
         ranked = rank_by_harm(model, _quantized_tensors(result[0]), data)
         kept: list[str] = []
