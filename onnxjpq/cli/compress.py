@@ -25,7 +25,7 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
                           "weights (int8 codes behind DequantizeLinear); drop --format, or --activations")
 
     unused = given_options(act_calibrate="--act-calibrate", act_max_drop="--act-max-drop", act_snr="--act-snr",
-                           weights_qdq="--weights-qdq")
+                           weights_qdq="--weights-qdq", act_weights="--act-weights")
     if unused and activations not in ("int8", "auto"):
         raise OptionError(f"{_listed(unused)} with --activations int8 or auto; without it "
                           f"{'they have' if len(unused) > 1 else 'it has'} no effect")
@@ -74,6 +74,10 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
                    "output-energy points for a regression) or its output SNR reaches 25 dB.")
 @click.option("--act-snr", type=float, default=None,
               help="Instead of --act-max-drop: the output SNR (dB, over all outputs) to reach.")
+@click.option("--act-weights", type=click.Choice(["auto", "int8", "uint8"]), default="auto", show_default=True,
+              help="With --activations int8/auto: weight codes as int8 with zero point 0 (what TensorRT, "
+                   "OpenVINO and QNN take), as uint8 + 128, or auto: the better of both measured on this CPU "
+                   "(x86 without VNNI saturates uint8 x int8 products).")
 @click.option("--weights-qdq", is_flag=True,
               help="With --activations int8: weights as float -> QuantizeLinear -> DequantizeLinear pairs.")
 @click.option("--max-drop", type=float, default=None,
@@ -106,7 +110,7 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (logs stay on stderr).")
 @user_errors("src")
 def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits, objective, calib, solver,
-             sequential, activations, act_calibrate, act_max_drop, act_snr, weights_qdq, max_drop, data_path, metric,
+             sequential, activations, act_calibrate, act_max_drop, act_snr, act_weights, weights_qdq, max_drop, data_path, metric,
              prune_mode, keep_survivors, fmt, int4, granularity, include, exclude, keep, min_params, embeddings,
              report_path,
              plot_dir, quiet, as_json):
@@ -139,10 +143,10 @@ def compress(src, dst, prune, bits, rate, size_kb, min_bits, max_bits, pow2_bits
         from ..graph.io import model_inputs
         check_figure(plot_dir, "layers.png", model_inputs(src), [("output", dst), ("report", report_path)])
     act = {"int8": ActivationConfig(calibrate=act_calibrate, max_drop=act_max_drop, min_snr_db=act_snr,
-                                     weights_qdq=weights_qdq),
+                                     weights_qdq=weights_qdq, weights=act_weights),
            "dynamic": ActivationConfig(mode="dynamic"),
            "auto": ActivationConfig(calibrate=act_calibrate, max_drop=act_max_drop, min_snr_db=act_snr,
-                                    weights_qdq=weights_qdq, mode="auto")}.get(activations)
+                                    weights_qdq=weights_qdq, weights=act_weights, mode="auto")}.get(activations)
     report = compress_file(src, dst, config, selection, OutputConfig(format=fmt, int4=int4),
                            report_path=report_path, progress=progress_bar(console, "compressing layers"),
                            calib=calib, activations=act, log=progress_log(console), data_aware=data_aware)

@@ -52,18 +52,24 @@ class ActivationConfig:
     (`workflows.fidelity`: top-1 agreement, 100 x cosine or output-energy points) the
     quantized model may lose against the weight-compressed float model on the calibration
     data; min_snr_db: instead, the output SNR to reach over all outputs; samples: calibration
-    inputs used; weights_qdq: weights as float -> Q -> DQ pairs."""
+    inputs used; weights_qdq: weights as float -> Q -> DQ pairs; weights: the integer container of
+    the weight codes: int8 with zero point 0 (the placement TensorRT, OpenVINO and QNN take),
+    uint8 with the codes + 128, or auto: both tried on this CPU and the better kept (x86 without
+    VNNI multiplies uint8 by int8 with 16-bit saturation, uint8 by uint8 exactly)."""
 
     calibrate: str = "minmax"
     max_drop: float = 1.0
     min_snr_db: float | None = None
     samples: int = 128
     weights_qdq: bool = False
+    weights: str = "auto"
     mode: str = "static"  # "dynamic": workflows.dynamic (MatMul/Gemm, no calibration needed); "auto": both, measured
 
     def __post_init__(self):
         if self.mode not in ("static", "dynamic", "auto"):
             raise OptionError(f"activation mode must be static, dynamic or auto, got {self.mode!r}")
+        if self.weights not in ("auto", "int8", "uint8"):
+            raise OptionError(f"activation-path weights must be auto, int8 or uint8, got {self.weights!r}")
         if self.calibrate not in CALIBRATORS:
             raise OptionError(f"calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrate!r}")
         if self.samples < 1:
@@ -327,12 +333,15 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
                 progress(len(kept), snr)
             return qmodel, score, snr
 
-        # x86 CPUs without VNNI multiply uint8 x int8 with 16-bit saturation, uint8 x uint8 exactly:
-        # both weight containers are tried on this CPU and the better (score, then SNR) is kept
-        result, unsigned = attempt([], False), False
-        alternative = attempt([], True)
-        if alternative[1:] > result[1:]:
-            result, unsigned = alternative, True
+        unsigned = config.weights == "uint8"
+        result = attempt([], unsigned)
+        if config.weights == "auto":  # the better container on this CPU: score, then SNR
+            alternative = attempt([], True)
+            if alternative[1:] > result[1:]:
+                notes.append(f"weights stored as uint8 + 128: on this CPU they measured {alternative[2]:.1f} dB "
+                             f"against int8's {result[2]:.1f} dB (16-bit saturation of uint8 x int8 without "
+                             "VNNI); --act-weights int8 writes the placement TensorRT, OpenVINO and QNN take")
+                result, unsigned = alternative, True
         everything = result[1:]  # (score, SNR) with every activation int8
         ranked = rank_by_harm(model, _quantized_tensors(result[0]), data)
         kept: list[str] = []

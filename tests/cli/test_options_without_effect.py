@@ -39,6 +39,7 @@ def _refused(result, *matches: str) -> None:
     (["--act-calibrate", "entropy", "--weights-qdq"], "--act-calibrate, --weights-qdq only apply",
      "with --activations int8"),
     (["--rate", "8", "--act-snr", "30"], "--act-snr only applies", "with --activations int8"),
+    (["--act-weights", "int8"], "--act-weights only applies", "with --activations int8"),
     (["--min-bits", "3"], "--min-bits only applies", "to the budget modes"),
     (["--prune", "0.5", "--pow2-bits", "--objective", "bops"], "--pow2-bits, --objective only apply",
      "to the budget modes"),

@@ -280,3 +280,26 @@ def test_a_conv_batchnorm_pair_is_folded_before_its_weights_are_coded(tmp_path):
     assert output_snr_db([want], [got]) >= 25
     assert any(t.data_type in (TensorProto.INT8, TensorProto.UINT8) and tuple(t.dims) == (8, 4, 3, 3)
                for t in qmodel.graph.initializer)
+
+
+@pytest.mark.parametrize("container, dtype, zero", [("int8", onnx.TensorProto.INT8, 0),
+                                                    ("uint8", onnx.TensorProto.UINT8, 128)])
+def test_act_weights_fixes_the_weight_container(container, dtype, zero, tmp_path):
+    """--act-weights int8 writes the placement TensorRT, OpenVINO and QNN take (symmetric int8
+    codes, zero point 0) whatever this CPU measured; uint8 the same codes + 128."""
+    src, out, calib = tmp_path / "convs.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz"
+    _constant_weight_convs(src, 13)
+    x = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(calib, x=x)
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(out), "-q", "--activations", "int8",
+                                       "--calib", str(calib), "--act-weights", container])
+    assert result.exit_code == 0, (result.output, result.exception)
+    qmodel = onnx.load(str(out))
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    for name in ("w1", "w2"):
+        assert inits[f"{name}_quantized"].data_type == dtype
+        weight_dq = next(n for n in qmodel.graph.node if n.op_type == "DequantizeLinear"
+                         and n.input[0] == f"{name}_quantized")
+        assert np.all(onnx.numpy_helper.to_array(inits[weight_dq.input[2]]) == zero)
+    ref = session(str(src)).run(None, {"x": x})[0]
+    assert output_snr_db([ref], session(qmodel).run(None, {"x": x})) > 20
