@@ -65,8 +65,11 @@ def _refuse_options_without_effect(activations: str, budget: bool, fmt: str = "q
                    "dynamic: int8 MatMul/Gemm inputs quantized at run time (no calibration needed; with "
                    "--calib the output SNR and latency against fp32 are measured); auto: build both on "
                    "--calib and keep the faster that meets the --act-max-drop/--act-snr target.")
-@click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="onnxruntime calibrator for the activation ranges.")
+@click.option("--act-calibrate", type=click.Choice(["minmax", "entropy", "percentile", "mse", "auto"]), default="minmax",
+              show_default=True, help="Activation ranges: one of onnxruntime's calibrators (minmax, entropy, "
+                   "percentile); mse: each activation's range of least uint8 quantization error; auto: per "
+                   "activation the range (of those four) its quantization harms the outputs least with, "
+                   "measured on --calib (slower: a minute or two on a 300-activation CNN).")
 @click.option("--act-max-drop", type=float, default=1.0, show_default=True,
               help="Keep the most harmful activations in float until the int8 model loses at most this "
                    "many points against the weight-compressed float model on --calib, in the measure that "

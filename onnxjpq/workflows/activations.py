@@ -22,7 +22,8 @@ import math
 import warnings
 import tempfile
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,13 @@ from ..graph.opset import default_opset, upgrade
 from ..graph.fold import fold_batch_norms
 from ..runtime.data import Dataset
 from ..runtime.sessions import ORT_ERRORS, fixed_batch, run_samples, session
+from .activation_ranges import SEARCH_TENSORS, choose_ranges, mse_ranges, read_cache, write_cache
 from .against_fp32 import measure_against_fp32, measured_note, output_snr_db
 from .evaluate import agreement, cosine, snr_db
 from .fidelity import choose_metric, describe, points
 
-CALIBRATORS = ("minmax", "entropy", "percentile")
+CALIBRATORS = ("minmax", "entropy", "percentile", "mse", "auto")  # the last two: workflows.activation_ranges
+ORT_CALIBRATORS = ("minmax", "percentile", "entropy")
 PER_AXIS_OPSET = 13  # DequantizeLinear's axis attribute (per-channel steps)
 # outputs this close to the float model's pass --act-max-drop too: near-ties between classes (a
 # pitch bin of 360, a flip in one of few calibration samples) can cost points no user would see
@@ -48,7 +51,9 @@ ENOUGH_SNR_DB = 25.0
 
 @dataclass(frozen=True)
 class ActivationConfig:
-    """calibrate: onnxruntime calibrator; max_drop: points of output 0's fidelity measure
+    """calibrate: onnxruntime's calibrator (minmax, entropy, percentile), or mse / auto
+    (workflows.activation_ranges: least-error ranges, or per activation the range the outputs
+    suffer least from); max_drop: points of output 0's fidelity measure
     (`workflows.fidelity`: top-1 agreement, 100 x cosine or output-energy points) the
     quantized model may lose against the weight-compressed float model on the calibration
     data; min_snr_db: instead, the output SNR to reach over all outputs; samples: calibration
@@ -134,8 +139,8 @@ class _Reader:
 
 def _calibrate_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
-    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[name]
+    return {"entropy": CalibrationMethod.Entropy,  # mse and auto write their ranges as a MinMax cache
+            "percentile": CalibrationMethod.Percentile}.get(name, CalibrationMethod.MinMax)
 
 
 def _override(step, unsigned: bool = False) -> list[dict]:
@@ -279,6 +284,32 @@ def _float_name(name: str, known: set[str]) -> str | None:
     return base if base in known else None
 
 
+def _choose_ranges(model, src, dst, cache, data, config, steps, exclude, fixed) -> str:
+    """Write the calibration cache of `--act-calibrate mse|auto` (workflows.activation_ranges)
+    at `cache`; returns a note of what was chosen."""
+    methods = ORT_CALIBRATORS if config.calibrate == "auto" else ("minmax",)
+    candidates: dict[str, dict[str, tuple[float, float]]] = {}
+    for method in methods:
+        path = cache.with_name(f"{method}.json")
+        _quantize(src, dst, path, _Reader(data, config.samples, fixed), replace(config, calibrate=method),
+                  steps, exclude)
+        for name, bounds in read_cache(path).items():
+            candidates.setdefault(name, {})[method] = bounds
+    observed = {name: c["minmax"] for name, c in candidates.items()}
+    least_mse, sqnr = mse_ranges(model, observed, data, config.samples)
+    if config.calibrate == "mse":
+        write_cache(cache, least_mse)
+        return f"{len(least_mse)} activation ranges of least quantization error on the calibration data (--act-calibrate mse)"
+    for name, bounds in least_mse.items():
+        candidates[name]["mse"] = bounds
+    searched = sorted(least_mse, key=lambda name: (sqnr[name], name))[:SEARCH_TENSORS]
+    ranges, chosen = choose_ranges(model, candidates, data, searched)
+    write_cache(cache, ranges)
+    counts = ", ".join(f"{m} {n}" for m, n in sorted(Counter(chosen.values()).items(), key=lambda kv: -kv[1]))
+    return (f"activation ranges chosen by the output error they cause (--act-calibrate auto; the best single "
+            f"calibrator, then each of the {len(searched)} noisiest activations on its own): {counts}")
+
+
 def rank_by_harm(model: onnx.ModelProto, qparams: dict[str, tuple[float, int]], data: Dataset,
                  samples: int = 8) -> list[tuple[str, float]]:
     """Quantized activations with the SQNR (dB) of their own uint8 quantization, worst first."""
@@ -319,6 +350,8 @@ def quantize_activations(model: onnx.ModelProto, steps: dict[str, float], data: 
     with tempfile.TemporaryDirectory(prefix="onnxjpq-act-") as tmp:
         src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
         model = _preprocess(model, src, set(steps))
+        if config.calibrate in ("mse", "auto"):
+            notes.append(_choose_ranges(model, src, dst, cache, data, config, steps, list(exclude), fixed))
 
         def attempt(kept: list[str], unsigned: bool) -> tuple[onnx.ModelProto, float, float]:
             qmodel = _quantize(src, dst, cache, _Reader(data, config.samples, fixed), config, steps,
@@ -394,8 +427,6 @@ def compress_with_activations(model: onnx.ModelProto, weights_config, selection,
     Weights are kept as int8 codes on their own steps: int4 Conv/MatMul kernels
     do not exist in onnxruntime, and speed is the point of this mode.
     """
-    from dataclasses import replace
-
     from ..pipeline.compress import apply_plan, plan_model
 
     float_output = replace(output, format="float", int4=False)
