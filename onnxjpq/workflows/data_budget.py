@@ -247,14 +247,14 @@ def fit_stage(run, total: float, stage: list, inputs: dict, resolve) -> None:
     overshot the budget twice, each time found at the end of a whole solve)."""
     later = {e.name: e.table for e in run.entries if e.plan is None}
     before = sum(e.cost for e in run.entries if e.plan is not None and all(e is not x for x in stage))
-    reserve = reserved_total(later)
-    while before + sum(e.cost for e in stage) + reserve > total:
+    reserve, cheapest = reserved_total(later), cheapest_total(later)
+    while (spent := before + sum(e.cost for e in stage)) + reserve > total:
         moves = [(e.table.errors[j] - e.table.errors[e.choice], e, j) for e in stage
                  if (j := step_down(e.table, e.choice)) is not None]
         if not moves:
-            if before + sum(e.cost for e in stage) + cheapest_total(later) <= total:
+            if spent + cheapest <= total:
                 return  # the reserve is out of reach, the estimate is not: the retry may not be needed
-            raise Overshoot(before + sum(e.cost for e in stage) + cheapest_total(later), total)
+            raise Overshoot(spent + cheapest, total)
         _, entry, j = min(moves, key=lambda m: (m[0], m[1].name))
         entry.choice = j
         resolve(entry, inputs[entry.name])
